@@ -1,0 +1,202 @@
+"""The job config: typed sections, YAML loading, `key.sub=value` overrides, all errors at once."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.errors import ConfigError
+from jobs.schema import OUTPUT_COLUMNS
+from reranker_actors.registry import BACKENDS, AnyRerankerConfig, unknown_backend_message
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputColumns(Section):
+    """Input column names, mapped onto the job's canonical names."""
+
+    query_id: str = "query_id"
+    query: str = "query"
+    doc_id: str = "doc_id"
+    doc: str = "doc"
+    score: str | None = Field(None, description="First-stage score column, passed through.")
+    rank: str | None = Field(None, description="First-stage rank column, passed through.")
+    candidates: str = Field("candidates", description="Nested layout: list<struct> column.")
+
+
+class InputConfig(Section):
+    path: str | list[str] = Field(description="Parquet file, directory, glob, s3:// URL, or a list.")
+    layout: Literal["flat", "nested"] = "flat"
+    columns: InputColumns = InputColumns()
+    extra_columns: list[str] = Field(default_factory=list, description="Passed through to the output.")
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="Null/empty id or text: fail listing them, or skip and count them."
+    )
+    on_duplicate: Literal["error", "dedupe"] = Field(
+        "error", description="Repeated (query_id, doc_id): fail, or keep the best-scored copy."
+    )
+
+
+class PoolSize(Section):
+    min: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+
+class ActorConfig(Section):
+    """The scoring actor pool: each actor holds one loaded model."""
+
+    pool_size: PoolSize = Field(PoolSize(min=1, max=1), description="N, or {min: a, max: b}.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per actor; fractions pack actors on a GPU.")
+    num_cpus: float = Field(1, gt=0)
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources.")
+    batch_size: int = Field(512, ge=1, description="Pairs per call of an actor.")
+    threads: int | None = Field(None, ge=1, description="torch threads; default round(num_cpus).")
+
+    @field_validator("pool_size", mode="before")
+    @classmethod
+    def _fixed_size(cls, v: object) -> object:
+        return {"min": v, "max": v} if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class RankConfig(Section):
+    top_k: int | None = Field(None, ge=1, description="Keep the best k per query.")
+
+
+class OutputConfig(Section):
+    path: str = Field(description="Output directory (local or s3://).")
+
+
+class EvalConfig(Section):
+    qrels: str | None = Field(None, description="Parquet with query_id, doc_id, relevance.")
+    k: int = Field(10, ge=1)
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="Cluster to join; default: RAY_ADDRESS, else a local Ray.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray the job starts.")
+
+
+class JobConfig(Section):
+    input: InputConfig
+    reranker: AnyRerankerConfig
+    actor: ActorConfig = ActorConfig()
+    rank: RankConfig = RankConfig()
+    output: OutputConfig
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+
+
+def _cross_checks(cfg: JobConfig) -> list[str]:
+    """Rules that span sections; pydantic has checked each field by now."""
+    errors = []
+    if cfg.reranker.dtype == "float16" and cfg.actor.num_gpus == 0:
+        errors.append(
+            "reranker.dtype: float16 runs on CUDA only, but actor.num_gpus is 0 (CPU). fp16 matmul "
+            "on CPU is about 100x slower; use auto, bfloat16 or float32, or give the actor a GPU"
+        )
+    if cfg.actor.pool_size.min > cfg.actor.pool_size.max:
+        errors.append(f"actor.pool_size: min {cfg.actor.pool_size.min} > max {cfg.actor.pool_size.max}")
+    if cfg.reranker.max_tokens_per_batch < cfg.reranker.max_length:
+        errors.append(
+            f"reranker.max_tokens_per_batch ({cfg.reranker.max_tokens_per_batch}) must be at least "
+            f"reranker.max_length ({cfg.reranker.max_length}) so one full pair fits in a forward pass"
+        )
+    for name in cfg.input.extra_columns:
+        if name in OUTPUT_COLUMNS:
+            errors.append(
+                f"input.extra_columns: {name!r} collides with an output column "
+                f"({', '.join(OUTPUT_COLUMNS)}); map it through input.columns instead"
+            )
+    return errors
+
+
+def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
+    """The pydantic model class that owns the field at `loc`, or None."""
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        options = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = options[0] if options else ann
+    return model
+
+
+def _located(loc: tuple[Any, ...]) -> tuple[Any, str]:
+    """(model class owning the field at loc, dotted key as the user wrote it)."""
+    # A discriminated union puts the backend tag into loc: ('reranker', 'bi_encoder', 'x').
+    if len(loc) > 1 and loc[0] == "reranker" and loc[1] in BACKENDS:
+        root, prefix, loc = BACKENDS[loc[1]].config_class, ("reranker",), loc[2:]
+    else:
+        root, prefix = JobConfig, ()
+    return _model_at(root, loc[:-1]), ".".join(str(p) for p in prefix + loc) or "(top level)"
+
+
+def _format(err: dict[str, Any]) -> str:
+    owner, key = _located(tuple(err["loc"]))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        accepted = ", ".join(owner.model_fields) if owner else "?"
+        return f"{key}: unknown key; accepted here: {accepted}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return f"{key}.backend: {unknown_backend_message(err.get('ctx', {}).get('tag'))}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg} (got {err['input']!r})"
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set `a.b.c=value` in nested dicts; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key.sub=value, e.g. reranker.dtype=float32")
+    *parents, leaf = key.split(".")
+    node = data
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parents[: i + 1])
+            raise ConfigError(f"override {override!r}: {where} is a value, not a section")
+        node = child
+    node[leaf] = yaml.safe_load(raw) if raw else ""
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a YAML job config, apply overrides, validate; raise ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read ({e.strerror})") from e
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of sections, got {type(data).__name__}")
+    errors = []
+    for override in overrides or []:
+        try:
+            apply_override(data, override)
+        except ConfigError as e:
+            errors.append(str(e))
+    cfg = None
+    try:
+        cfg = JobConfig.model_validate(data)
+    except ValidationError as e:
+        errors += [_format(err) for err in e.errors(include_url=False)]
+    if cfg is not None:
+        errors += _cross_checks(cfg)
+    if errors:
+        listing = "\n  - ".join(errors)
+        raise ConfigError(f"config {path}: {len(errors)} error(s):\n  - {listing}")
+    assert cfg is not None
+    return cfg

@@ -1,0 +1,196 @@
+"""Find the input Parquet files and check every file's schema before any work starts.
+
+Only footers are read here (cheap, even on S3); row-level checks happen in the
+normalize stage. Every problem found is reported at once, each naming its file.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from jobs.config import InputConfig
+from jobs.errors import InputError
+
+MAX_LISTED = 10
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class InputFile:
+    url: str  # as the user would write it (with s3:// where it applies)
+    path: str  # as the filesystem takes it
+    size: int
+    num_rows: int
+
+
+@dataclass(frozen=True)
+class Inputs:
+    fs: fsspec.AbstractFileSystem
+    files: list[InputFile]
+    columns: list[str]  # what to read from every file
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.num_rows for f in self.files)
+
+    @property
+    def paths(self) -> list[str]:
+        return [f.path for f in self.files]
+
+
+def _hidden(rel_path: str) -> bool:
+    return any(part.startswith(("_", ".")) for part in rel_path.split("/"))
+
+
+def _expand(fs: fsspec.AbstractFileSystem, url: str, path: str) -> list[str]:
+    """Files named by one input.path entry: a file, a directory (recursive *.parquet) or a glob."""
+    if any(c in path for c in GLOB_CHARS):
+        matches = sorted(fs.glob(path))
+        dirs = [m for m in matches if fs.isdir(m)]
+        files = [m for m in matches if m not in dirs]
+        return files + [f for d in dirs for f in _expand(fs, url, d)]
+    if fs.isdir(path):
+        found = sorted(fs.find(path))
+        return [f for f in found
+                if f.endswith(".parquet") and not _hidden(posixpath.relpath(f, path))]
+    if fs.isfile(path):
+        return [path]
+    raise InputError(f"input.path {url!r}: no such file or directory")
+
+
+def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, int, int]:
+    with fs.open(path, "rb") as f:
+        meta = pq.ParquetFile(f)
+        return meta.schema_arrow, meta.metadata.num_rows, fs.size(path)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _is_id(t: pa.DataType) -> bool:
+    return _is_text(t) or pa.types.is_integer(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+ID_TYPES = "string, or an integer type (ids are read as strings)"
+TEXT_TYPES = "string or large_string"
+def _or_null(check: Callable[[pa.DataType], bool]) -> Callable[[pa.DataType], bool]:
+    """An all-null column passes the type check; its rows then fail the row checks."""
+    return lambda t: pa.types.is_null(t) or check(t)
+
+
+RULES = {  # canonical name -> (type check, accepted types in words)
+    "query_id": (_or_null(_is_id), ID_TYPES), "doc_id": (_or_null(_is_id), ID_TYPES),
+    "query": (_or_null(_is_text), TEXT_TYPES), "doc": (_or_null(_is_text), TEXT_TYPES),
+    "score": (_or_null(_is_number), "a float or integer type"),
+    "rank": (_or_null(pa.types.is_integer), "an integer type"),
+}
+
+
+def _check_fields(where: str, fields: dict[str, pa.DataType], wanted: dict[str, str]) -> list[str]:
+    """Check `wanted` (canonical -> input name) against the available `fields`."""
+    errors = []
+    for canonical, name in wanted.items():
+        if name not in fields:
+            errors.append(f"{where}: missing column {name!r} ({canonical}); "
+                          f"present: {', '.join(fields) or 'none'}")
+            continue
+        check, accepted = RULES[canonical]
+        if not check(fields[name]):
+            errors.append(f"{where}: column {name!r} ({canonical}) has type {fields[name]}; "
+                          f"accepted: {accepted}")
+    return errors
+
+
+def _schema_errors(cfg: InputConfig, url: str, schema: pa.Schema) -> list[str]:
+    cols = cfg.columns
+    top = {f.name: f.type for f in schema}
+    pair_level = {"doc_id": cols.doc_id, "doc": cols.doc}
+    pair_level |= {k: v for k, v in (("score", cols.score), ("rank", cols.rank)) if v}
+    errors = _check_fields(url, top, {"query_id": cols.query_id, "query": cols.query})
+    if cfg.layout == "flat":
+        errors += _check_fields(url, top, pair_level)
+        known = top
+    else:
+        ctype = top.get(cols.candidates)
+        if ctype is None or not (pa.types.is_list(ctype) or pa.types.is_large_list(ctype)) \
+                or not pa.types.is_struct(ctype.value_type):
+            found = f"type {ctype}" if ctype is not None else "no such column"
+            return [*errors, f"{url}: nested layout needs column {cols.candidates!r} of type "
+                             f"list<struct<{cols.doc_id}, {cols.doc}, ...>>; found {found}"]
+        inner = {f.name: f.type for f in ctype.value_type}
+        errors += _check_fields(f"{url} ({cols.candidates} items)", inner, pair_level)
+        known = top | inner
+    for name in cfg.extra_columns:
+        if name not in known:
+            errors.append(f"{url}: missing extra column {name!r}; present: {', '.join(known)}")
+    return errors
+
+
+def _read_columns(cfg: InputConfig) -> list[str]:
+    cols = cfg.columns
+    if cfg.layout == "flat":
+        names = [cols.query_id, cols.query, cols.doc_id, cols.doc, cols.score, cols.rank]
+    else:
+        names = [cols.query_id, cols.query, cols.candidates]
+    return list(dict.fromkeys(n for n in names + list(cfg.extra_columns) if n))
+
+
+def discover(cfg: InputConfig) -> Inputs:
+    """List the input files, read their footers, and check their schemas.
+
+    Raises InputError listing every unreadable file and every schema problem.
+    """
+    urls = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path)
+    if not urls:
+        raise InputError("input.path: empty list; give a Parquet file, directory, glob or s3:// URL")
+    fs, _ = fsspec.core.url_to_fs(urls[0])
+    paths: list[str] = []
+    for url in urls:
+        url_fs, path = fsspec.core.url_to_fs(url)
+        if url_fs.protocol != fs.protocol:
+            raise InputError(f"input.path: {url!r} is on another filesystem than {urls[0]!r}")
+        found = _expand(fs, url, path)
+        if not found:
+            raise InputError(f"input.path {url!r}: no Parquet files found "
+                             "(looked for *.parquet, skipping names that start with _ or .)")
+        paths += found
+    paths = list(dict.fromkeys(paths))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        footers = list(pool.map(lambda p: _try_footer(fs, p), paths))
+    errors, files = [], []
+    for path, footer in zip(paths, footers):
+        url = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+        if isinstance(footer, str):
+            errors.append(f"{url}: not a readable Parquet file ({footer})")
+            continue
+        schema, num_rows, size = footer
+        errors += _schema_errors(cfg, url, schema)
+        files.append(InputFile(url, path, size, num_rows))
+    if errors:
+        more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
+        raise InputError(f"{len(errors)} input problem(s):\n  - " + "\n  - ".join(errors[:MAX_LISTED]) + more)
+    if sum(f.num_rows for f in files) == 0:
+        raise InputError(f"input.path {cfg.path!r}: the {len(files)} Parquet file(s) hold 0 rows")
+    return Inputs(fs, files, _read_columns(cfg))
+
+
+def _try_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, int, int] | str:
+    try:
+        return _read_footer(fs, path)
+    except Exception as e:  # noqa: BLE001 - reported per file with its cause
+        return f"{type(e).__name__}: {e}"

@@ -1,0 +1,87 @@
+"""Everything that touches Ray's API surface, so its churn stays in one file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import fsspec
+import ray
+import ray.data
+from fsspec.implementations.local import LocalFileSystem
+
+from jobs.config import ActorConfig, RayConfig
+from jobs.errors import ConfigError
+
+# A Ray the job starts for itself stays on loopback with auth off (see RAY_NOTES.md).
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+@contextmanager
+def ray_session(cfg: RayConfig) -> Iterator[str]:
+    """Join the configured cluster (ray.address or RAY_ADDRESS, as set by `ray job submit`),
+    else start a local Ray. A Ray the caller already initialised is used as is."""
+    configure_data_context()
+    if ray.is_initialized():
+        yield "existing Ray session"
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        where = f"Ray cluster at {address}"
+    else:
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
+        where = "local Ray (started by this job)"
+    try:
+        yield where
+    finally:
+        ray.shutdown()
+
+
+def configure_data_context() -> None:
+    """Ray Data settings the job relies on (called before building any dataset)."""
+    ctx = ray.data.DataContext.get_current()
+    # Re-raise a UDF's own exception (e.g. InputError naming the bad rows), not a
+    # generic UserCodeException around it.
+    ctx.raise_original_map_exception = True
+
+
+def check_pool_fits(actor: ActorConfig) -> None:
+    """Refuse a CPU actor pool that leaves no CPU for the read tasks: Ray Data then waits forever."""
+    if actor.num_gpus > 0 or actor.resources:
+        return
+    total = ray.cluster_resources().get("CPU", 0)
+    need = actor.pool_size.min * actor.num_cpus
+    if need >= total:
+        raise ConfigError(
+            f"actor.pool_size.min ({actor.pool_size.min}) x actor.num_cpus ({actor.num_cpus}) = {need} "
+            f"CPUs, but the cluster has {total:g}; the read stage then never gets a CPU and the job "
+            "hangs. Lower the pool size or num_cpus (fractions are allowed, e.g. num_cpus: 0.5)."
+        )
+
+
+def actor_pool_args(actor: ActorConfig, constructor_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """map_batches(...) keyword arguments for an actor-pool stage."""
+    size = actor.pool_size
+    compute = (ray.data.ActorPoolStrategy(size=size.min) if size.min == size.max
+               else ray.data.ActorPoolStrategy(min_size=size.min, max_size=size.max))
+    args: dict[str, Any] = dict(
+        compute=compute,
+        batch_size=actor.batch_size,
+        num_cpus=actor.num_cpus,
+        fn_constructor_kwargs=constructor_kwargs,
+    )
+    if actor.num_gpus:
+        args["num_gpus"] = actor.num_gpus
+    if actor.resources:
+        args["resources"] = dict(actor.resources)
+    return args
+
+
+def ray_filesystem(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem | None:
+    """What to pass as `filesystem=` to Ray Data: None for local paths, else the fsspec fs."""
+    return None if isinstance(fs, LocalFileSystem) else fs

@@ -1,0 +1,17 @@
+"""Canonical column names inside the pipeline and in the ranked output."""
+
+QUERY_ID = "query_id"
+QUERY = "query"
+DOC_ID = "doc_id"
+DOC = "doc"
+FIRST_STAGE_SCORE = "first_stage_score"
+FIRST_STAGE_RANK = "first_stage_rank"
+SCORE = "score"
+RANK = "rank"
+MODEL = "model"
+
+# Internal: why a row was skipped (null when it is valid and scored). Never in the output.
+SKIP_REASON = "_skip_reason"
+
+# The ranked output, in this order, followed by the configured extra columns.
+OUTPUT_COLUMNS = (QUERY_ID, DOC_ID, SCORE, RANK, FIRST_STAGE_SCORE, FIRST_STAGE_RANK, MODEL)

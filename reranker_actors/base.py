@@ -1,0 +1,79 @@
+"""The one interface every reranker family implements, and the options they share."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class RerankerConfig(BaseModel):
+    """Options common to all families. Each family subclasses this with its `backend` tag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str
+    model: str = Field(description="Hub id, local directory, or python-package:<module>.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (fp32/bf16/fp16).")
+    max_length: int = Field(512, ge=8, description="Tokens per pair, special tokens included.")
+    query_max_length: int | None = Field(
+        None, ge=1, description="Cap on query tokens; default 3/4 of max_length (as FlagReranker)."
+    )
+    activation: Literal["raw", "sigmoid"] = "raw"
+    max_tokens_per_batch: int = Field(
+        16384, ge=64, description="Token budget of one forward pass (rows x padded length)."
+    )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_name(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = DTYPE_ALIASES.get(v.lower(), v.lower())
+            if v not in DTYPES:
+                accepted = ", ".join(DTYPES) + " (aliases: " + ", ".join(DTYPE_ALIASES) + ")"
+                raise ValueError(f"unknown dtype {v!r}; accepted: {accepted}")
+        return v
+
+    @model_validator(mode="after")
+    def _query_cap_fits(self) -> RerankerConfig:
+        if self.query_max_length is not None and self.query_max_length >= self.max_length:
+            raise ValueError(
+                f"query_max_length ({self.query_max_length}) must be below max_length "
+                f"({self.max_length}) so the document keeps some tokens"
+            )
+        return self
+
+    @property
+    def query_cap(self) -> int:
+        return self.query_max_length or self.max_length * 3 // 4
+
+
+class Reranker(ABC):
+    """Scores (query, doc) pairs. Loaded once per actor; called once per batch."""
+
+    config_class: ClassVar[type[RerankerConfig]]
+    config: RerankerConfig
+    dtype: Any  # the resolved torch.dtype
+
+    @abstractmethod
+    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Return float32 scores, one per pair, in input order."""
+
+    @property
+    def truncated(self) -> int:
+        """Pairs truncated so far (query or doc cut to fit max_length)."""
+        return 0
+
+
+def activate(logits: np.ndarray, activation: str) -> np.ndarray:
+    """Apply the configured score activation to raw float32 scores."""
+    if activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32)
+    return logits.astype(np.float32, copy=False)

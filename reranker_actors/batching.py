@@ -1,0 +1,50 @@
+"""Length-bucketed batches under a token budget, padded only to the longest in each bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> Iterator[np.ndarray]:
+    """Yield index arrays, longest inputs first, so rows x padded length <= max_tokens.
+
+    Sorting by length means each bucket pads to its first (longest) member, so padding
+    is small; longest-first surfaces an out-of-memory at the start, not the end.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    i, n = 0, len(order)
+    while i < n:
+        rows = max(1, max_tokens // int(lengths[order[i]]))
+        yield order[i : i + rows]
+        i += rows
+
+
+def pad(seqs: list[list[int]], pad_value: int) -> np.ndarray:
+    """Right-pad a list of int sequences into an (n, longest) int64 array."""
+    out = np.full((len(seqs), max(map(len, seqs))), pad_value, dtype=np.int64)
+    for row, seq in zip(out, seqs):
+        row[: len(seq)] = seq
+    return out
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def model_inputs(ids: list[list[int]], type_ids: list[list[int]] | None, idx: np.ndarray,
+                 pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Padded input_ids / attention_mask (/ token_type_ids) tensors for rows `idx`."""
+    rows = [ids[i] for i in idx]
+    input_ids = pad(rows, pad_id)
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    mask = (np.arange(input_ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+    inputs = {"input_ids": to_device(input_ids, device), "attention_mask": to_device(mask, device)}
+    if type_ids is not None:
+        inputs["token_type_ids"] = to_device(pad([type_ids[i] for i in idx], 0), device)
+    return inputs

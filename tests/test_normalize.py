@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from jobs.config import InputConfig
+from jobs.errors import InputError
+from jobs.normalize import Normalizer
+
+
+def flat(**cols: list) -> pa.Table:
+    base = {"query_id": ["q1", "q1"], "query": ["what", "what"], "doc_id": ["d1", "d2"], "doc": ["x", "y"]}
+    return pa.table({**base, **cols})
+
+
+def test_flat_columns_are_mapped_to_canonical_names_and_ids_read_as_strings() -> None:
+    cfg = InputConfig(path="x", columns={"query_id": "qid", "doc_id": "pid", "score": "bm25", "rank": "r"},
+                      extra_columns=["lang"])
+    table = pa.table({"qid": [7, 7], "query": ["a", "a"], "pid": [1, 2], "doc": ["x", "y"],
+                      "bm25": [1.5, 0.5], "r": [1, 2], "lang": ["en", "fr"], "ignored": [0, 0]})
+    out = Normalizer(cfg)(table)
+    assert out.column_names == ["query_id", "query", "doc_id", "doc", "first_stage_score",
+                                "first_stage_rank", "lang", "_skip_reason"]
+    assert out["query_id"].to_pylist() == ["7", "7"] and out["doc_id"].to_pylist() == ["1", "2"]
+    assert out["first_stage_rank"].type == pa.int32()
+    assert out["_skip_reason"].null_count == 2
+
+
+def test_nested_rows_are_exploded_to_pairs() -> None:
+    cfg = InputConfig(path="x", layout="nested", columns={"score": "s"}, extra_columns=["lang", "src"])
+    cands = pa.array([
+        [{"doc_id": "a", "doc": "A", "s": 1.0, "src": "bm25"}, {"doc_id": "b", "doc": "B", "s": 0.5, "src": "dense"}],
+        [],
+        [{"doc_id": "c", "doc": "C", "s": 2.0, "src": "bm25"}],
+    ])
+    table = pa.table({"query_id": ["q1", "q2", "q3"], "query": ["one", "two", "three"],
+                      "lang": ["en", "de", "zh"], "candidates": cands})
+    out = Normalizer(cfg)(table)
+    assert out.select(["query_id", "doc_id", "doc", "first_stage_score", "lang", "src"]).to_pylist() == [
+        {"query_id": "q1", "doc_id": "a", "doc": "A", "first_stage_score": 1.0, "lang": "en", "src": "bm25"},
+        {"query_id": "q1", "doc_id": "b", "doc": "B", "first_stage_score": 0.5, "lang": "en", "src": "dense"},
+        {"query_id": "q3", "doc_id": "c", "doc": "C", "first_stage_score": 2.0, "lang": "zh", "src": "bm25"},
+    ]
+
+
+def test_null_or_empty_text_is_an_error_naming_file_and_pairs() -> None:
+    table = flat(doc=["ok", "  "], path=["/data/a.parquet", "/data/a.parquet"])
+    with pytest.raises(InputError) as e:
+        Normalizer(InputConfig(path="x"))(table)
+    msg = str(e.value)
+    assert "1 invalid pair" in msg and "/data/a.parquet: (query_id='q1', doc_id='d2'): doc is null or empty" in msg
+    assert "on_invalid: skip" in msg
+
+
+def test_at_most_ten_offending_pairs_are_listed() -> None:
+    n = 25
+    table = pa.table({"query_id": ["q"] * n, "query": ["x"] * n, "doc_id": [f"d{i}" for i in range(n)],
+                      "doc": [None] * n})
+    with pytest.raises(InputError) as e:
+        Normalizer(InputConfig(path="x"))(table)
+    assert "25 invalid pair(s)" in str(e.value) and str(e.value).count("doc is null or empty") == 10
+
+
+def test_skip_marks_each_row_with_its_first_reason() -> None:
+    table = pa.table({"query_id": ["q", None, "q", "q"], "query": ["x", "x", "", "x"],
+                      "doc_id": ["a", "b", "c", "d"], "doc": ["t", "t", None, "t"]})
+    out = Normalizer(InputConfig(path="x", on_invalid="skip"))(table)
+    assert out["_skip_reason"].to_pylist() == [
+        None, "query_id is null or empty", "query is null or empty", None
+    ]
