@@ -14,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from reranker_actors.base import Reranker, RerankerConfig, activate
-from reranker_actors.batching import model_inputs, token_budget_batches
-from reranker_actors.device import resolve_dtype
-from reranker_actors.hf_loading import load_pretrained
-from reranker_actors.tokenization import Encoded, TextEncoder
+from reranker_actors.base import RerankerConfig, activate
+from reranker_actors.batching import token_budget_batches
+from reranker_actors.hf import HFReranker
+from reranker_actors.tokenization import Encoded
 
 
 class BiEncoderConfig(RerankerConfig):
@@ -26,29 +25,16 @@ class BiEncoderConfig(RerankerConfig):
     pooling: Literal["mean", "cls"] = "mean"
 
 
-class BiEncoderReranker(Reranker):
+class BiEncoderReranker(HFReranker):
     config_class = BiEncoderConfig
-
-    def __init__(self, config: BiEncoderConfig, device: torch.device) -> None:
-        self.config = config
-        self.device = device
-        self.dtype = resolve_dtype(config.dtype, device)
-        tokenizer, self.model = load_pretrained(config, AutoModel, device, self.dtype)
-        self.encoder = TextEncoder(tokenizer, config.max_length, config.query_cap)
-        self.pad_id = tokenizer.pad_token_id
-        self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
-        self._truncated = 0
-
-    @property
-    def truncated(self) -> int:
-        return self._truncated
+    auto_class = AutoModel
+    config: BiEncoderConfig
 
     def _embed(self, enc: Encoded) -> torch.Tensor:
         """L2-normalised float32 embeddings, one row per encoded text."""
-        types = enc.type_ids if self.with_type_ids else None
         out = torch.empty(len(enc.ids), self.model.config.hidden_size, dtype=torch.float32)
         for idx in token_budget_batches(enc.lengths, self.config.max_tokens_per_batch):
-            inputs = model_inputs(enc.ids, types, idx, self.pad_id, self.device)
+            inputs = self.inputs(enc, idx)
             hidden = self.model(**inputs).last_hidden_state.float()
             if self.config.pooling == "cls":
                 pooled = hidden[:, 0]

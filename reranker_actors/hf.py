@@ -1,15 +1,19 @@
-"""Where a model comes from, and loading it with transformers onto a device."""
+"""Transformers-backed families: where a model comes from, loading it, their shared setup."""
 
 from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from jobs.errors import ModelError
-from reranker_actors.base import RerankerConfig
+from reranker_actors.base import Reranker, RerankerConfig
+from reranker_actors.batching import model_inputs
+from reranker_actors.device import resolve_dtype
+from reranker_actors.tokenization import Encoded, TextEncoder
 
 PACKAGE_SCHEME = "python-package:"
 
@@ -60,3 +64,28 @@ def load_pretrained(config: RerankerConfig, auto_class: Any, device: torch.devic
     if tokenizer.pad_token_id is None:
         raise ModelError(f"model {config.model!r}: its tokenizer has no pad token")
     return tokenizer, model.to(device).eval()
+
+
+class HFReranker(Reranker):
+    """Setup shared by families built on a transformers model and its fast tokenizer."""
+
+    auto_class: ClassVar[Any]  # e.g. AutoModelForSequenceClassification
+
+    def __init__(self, config: RerankerConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = resolve_dtype(config.dtype, device)
+        tokenizer, self.model = load_pretrained(config, self.auto_class, device, self.dtype)
+        self.encoder = TextEncoder(tokenizer, config.max_length, config.query_cap)
+        self.pad_id = tokenizer.pad_token_id
+        self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
+        self._truncated = 0
+
+    @property
+    def truncated(self) -> int:
+        return self._truncated
+
+    def inputs(self, enc: Encoded, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Model inputs for rows `idx` of `enc`, padded and on the device."""
+        types = enc.type_ids if self.with_type_ids else None
+        return model_inputs(enc.ids, types, idx, self.pad_id, self.device)
