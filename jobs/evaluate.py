@@ -3,7 +3,8 @@
     python -m jobs.evaluate --run <ranked output dir> --qrels <qrels.parquet> [--k 10]
 
 Definitions (trec_eval / pytrec_eval, which the tests check against):
-  - nDCG@k: gain = relevance grade, discount log2(rank + 1), ideal from all judged docs.
+  - nDCG@k: gain = relevance grade (negative grades count as 0), discount log2(rank + 1),
+    ideal from all judged docs.
   - MRR@k: 1 / rank of the first doc with grade > 0 within the top k, else 0.
   - Recall@k: relevant docs (grade > 0) in the top k / all relevant docs.
   - MAP: mean over relevant docs of precision at their rank, over the whole ranking.
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from jobs.errors import InputError, UserError
-from jobs.fs import arrow_filesystem
+from jobs.fs import arrow_filesystem, visible_parquet
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, RANK
 
 Qrels = dict[str, dict[str, int]]
@@ -36,7 +37,7 @@ def ranked(scores: dict[str, float]) -> list[str]:
 
 
 def ndcg_at_k(docs: list[str], rels: dict[str, int], k: int) -> float:
-    dcg = sum(rels.get(d, 0) / math.log2(i + 2) for i, d in enumerate(docs[:k]))
+    dcg = sum(max(rels.get(d, 0), 0) / math.log2(i + 2) for i, d in enumerate(docs[:k]))
     ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[:k]
     idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
     return dcg / idcg if idcg > 0 else 0.0
@@ -104,17 +105,19 @@ def load_qrels(url: str) -> Qrels:
 
 
 def read_run(fs: fsspec.AbstractFileSystem, paths: list[str], query_ids: set[str],
-             by: str) -> Run:
-    """A run from ranked/scored Parquet, only for `query_ids`.
+             by: str, where_valid: str | None = None) -> Run:
+    """A run from ranked/scored Parquet files, only for `query_ids`.
 
     `by` names the column to order by: a rank column (1 = best) or a score column.
+    Rows where `by` (or the `where_valid` column) is null are left out.
     """
     data = pads.dataset(paths, filesystem=arrow_filesystem(fs), format="parquet")
     if by not in data.schema.names:
         return {}
-    table = data.to_table(columns=[QUERY_ID, DOC_ID, by],
-                          filter=pc.field(QUERY_ID).isin(pa.array(sorted(query_ids), pa.string())))
-    table = table.filter(pc.is_valid(table[by]))
+    row_filter = pc.field(QUERY_ID).isin(pa.array(sorted(query_ids), pa.string())) & pc.field(by).is_valid()
+    if where_valid:
+        row_filter &= pc.field(where_valid).is_valid()
+    table = data.to_table(columns=[QUERY_ID, DOC_ID, by], filter=row_filter)
     sign = -1.0 if by in (RANK, FIRST_STAGE_RANK) else 1.0
     run: Run = defaultdict(dict)
     for q, d, v in zip(table[QUERY_ID].to_pylist(), table[DOC_ID].to_pylist(), table[by].to_pylist()):
@@ -136,18 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         qrels = load_qrels(args.qrels)
         fs, path = fsspec.core.url_to_fs(args.run)
-        names = pads.dataset(path, filesystem=arrow_filesystem(fs), format="parquet").schema.names
+        files = visible_parquet(fs, path) if fs.isdir(path) else [path]
+        if not files:
+            raise InputError(f"--run {args.run!r}: no Parquet files")
+        names = pads.dataset(files, filesystem=arrow_filesystem(fs), format="parquet").schema.names
         rows = [("reranked", RANK), ("first stage", first_stage_column(names))]
         print(f"| stage | queries | nDCG@{args.k} | MRR@{args.k} | Recall@{args.k} | MAP |")
         print("|---|---|---|---|---|---|")
         for label, column in rows:
             if column is None:
                 continue
-            per_query = evaluate(read_run(fs, [path], set(qrels), column), qrels, args.k)
+            per_query = evaluate(read_run(fs, files, set(qrels), column), qrels, args.k)
             m = mean(per_query)
             print(f"| {label} | {len(per_query)} | " + " | ".join(f"{v:.4f}" for v in m.values()) + " |")
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"batch-rerank: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import posixpath
+
 import fsspec
 import pyarrow.fs as pafs
 
 
 def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def hidden(rel_path: str) -> bool:
+    """Spark/pyarrow convention: names starting with _ or . are not data."""
+    return any(part.startswith(("_", ".")) for part in rel_path.split("/"))
+
+
+def visible_parquet(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    """*.parquet files under `directory`, recursively, skipping hidden names."""
+    return sorted(f for f in fs.find(directory)
+                  if f.endswith(".parquet") and not hidden(posixpath.relpath(f, directory)))

@@ -18,6 +18,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from jobs.config import InputConfig
 from jobs.errors import InputError
+from jobs.fs import hidden, visible_parquet
 
 MAX_LISTED = 10
 GLOB_CHARS = "*?["
@@ -36,6 +37,7 @@ class Inputs:
     fs: fsspec.AbstractFileSystem
     files: list[InputFile]
     columns: list[str]  # what to read from every file
+    dirs: list[str]  # directories input.path names (or globs search): outputs must stay out
 
     @property
     def num_rows(self) -> int:
@@ -46,21 +48,15 @@ class Inputs:
         return [f.path for f in self.files]
 
 
-def _hidden(rel_path: str) -> bool:
-    return any(part.startswith(("_", ".")) for part in rel_path.split("/"))
-
-
 def _expand(fs: fsspec.AbstractFileSystem, url: str, path: str) -> list[str]:
     """Files named by one input.path entry: a file, a directory (recursive *.parquet) or a glob."""
     if any(c in path for c in GLOB_CHARS):
-        matches = sorted(fs.glob(path))
+        matches = [m for m in sorted(fs.glob(path)) if not hidden(posixpath.basename(m))]
         dirs = [m for m in matches if fs.isdir(m)]
         files = [m for m in matches if m not in dirs]
         return files + [f for d in dirs for f in _expand(fs, url, d)]
     if fs.isdir(path):
-        found = sorted(fs.find(path))
-        return [f for f in found
-                if f.endswith(".parquet") and not _hidden(posixpath.relpath(f, path))]
+        return visible_parquet(fs, path)
     if fs.isfile(path):
         return [path]
     raise InputError(f"input.path {url!r}: no such file or directory")
@@ -69,7 +65,7 @@ def _expand(fs: fsspec.AbstractFileSystem, url: str, path: str) -> list[str]:
 def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, int, int]:
     with fs.open(path, "rb") as f:
         meta = pq.ParquetFile(f)
-        return meta.schema_arrow, meta.metadata.num_rows, fs.size(path)
+        return meta.schema_arrow, meta.metadata.num_rows, f.size
 
 
 def _is_text(t: pa.DataType) -> bool:
@@ -98,6 +94,7 @@ RULES = {  # canonical name -> (type check, accepted types in words)
     "query": (_or_null(_is_text), TEXT_TYPES), "doc": (_or_null(_is_text), TEXT_TYPES),
     "score": (_or_null(_is_number), "a float or integer type"),
     "rank": (_or_null(pa.types.is_integer), "an integer type"),
+    "instruction": (_or_null(_is_text), TEXT_TYPES),
 }
 
 
@@ -121,11 +118,14 @@ def _schema_errors(cfg: InputConfig, url: str, schema: pa.Schema) -> list[str]:
     top = {f.name: f.type for f in schema}
     pair_level = {"doc_id": cols.doc_id, "doc": cols.doc}
     pair_level |= {k: v for k, v in (("score", cols.score), ("rank", cols.rank)) if v}
-    errors = _check_fields(url, top, {"query_id": cols.query_id, "query": cols.query})
+    query_level = {"query_id": cols.query_id, "query": cols.query}
+    if cols.instruction:
+        query_level["instruction"] = cols.instruction
     if cfg.layout == "flat":
-        errors += _check_fields(url, top, pair_level)
+        errors = _check_fields(url, top, query_level | pair_level)
         known = top
     else:
+        errors = _check_fields(url, top, query_level)
         ctype = top.get(cols.candidates)
         if ctype is None or not (pa.types.is_list(ctype) or pa.types.is_large_list(ctype)) \
                 or not pa.types.is_struct(ctype.value_type):
@@ -144,9 +144,9 @@ def _schema_errors(cfg: InputConfig, url: str, schema: pa.Schema) -> list[str]:
 def _read_columns(cfg: InputConfig) -> list[str]:
     cols = cfg.columns
     if cfg.layout == "flat":
-        names = [cols.query_id, cols.query, cols.doc_id, cols.doc, cols.score, cols.rank]
+        names = [cols.query_id, cols.query, cols.doc_id, cols.doc, cols.score, cols.rank, cols.instruction]
     else:
-        names = [cols.query_id, cols.query, cols.candidates]
+        names = [cols.query_id, cols.query, cols.candidates, cols.instruction]
     return list(dict.fromkeys(n for n in names + list(cfg.extra_columns) if n))
 
 
@@ -160,10 +160,15 @@ def discover(cfg: InputConfig) -> Inputs:
         raise InputError("input.path: empty list; give a Parquet file, directory, glob or s3:// URL")
     fs, _ = fsspec.core.url_to_fs(urls[0])
     paths: list[str] = []
+    dirs: list[str] = []
     for url in urls:
         url_fs, path = fsspec.core.url_to_fs(url)
         if url_fs.protocol != fs.protocol:
             raise InputError(f"input.path: {url!r} is on another filesystem than {urls[0]!r}")
+        if any(c in path for c in GLOB_CHARS):
+            dirs.append(posixpath.dirname(path[: min(path.index(c) for c in GLOB_CHARS if c in path)]))
+        elif fs.isdir(path):
+            dirs.append(path)
         found = _expand(fs, url, path)
         if not found:
             raise InputError(f"input.path {url!r}: no Parquet files found "
@@ -186,7 +191,7 @@ def discover(cfg: InputConfig) -> Inputs:
         raise InputError(f"{len(errors)} input problem(s):\n  - " + "\n  - ".join(errors[:MAX_LISTED]) + more)
     if sum(f.num_rows for f in files) == 0:
         raise InputError(f"input.path {cfg.path!r}: the {len(files)} Parquet file(s) hold 0 rows")
-    return Inputs(fs, files, _read_columns(cfg))
+    return Inputs(fs, files, _read_columns(cfg), dirs)
 
 
 def _try_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, int, int] | str:

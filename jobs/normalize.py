@@ -14,7 +14,16 @@ import pyarrow.compute as pc
 
 from jobs.config import InputConfig
 from jobs.errors import InputError
-from jobs.schema import DOC, DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY, QUERY_ID, SKIP_REASON
+from jobs.schema import (
+    DOC,
+    DOC_ID,
+    FIRST_STAGE_RANK,
+    FIRST_STAGE_SCORE,
+    INSTRUCTION,
+    QUERY,
+    QUERY_ID,
+    SKIP_REASON,
+)
 
 PATH_COLUMN = "path"  # added by read_parquet(include_paths=True): the row's source file
 MAX_LISTED = 10
@@ -28,10 +37,16 @@ CHECKS = (  # (column, is it text, reason when bad), in order of precedence
 
 
 def _as_string(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Texts: string or large_string as given (dictionaries decoded); others cast to string."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) \
         else col.cast(pa.string())
+
+
+def _as_id(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Ids: always plain string, so every output file has the same schema."""
+    return _as_string(col).cast(pa.string())
 
 
 def _bad(col: pa.ChunkedArray, is_text: bool) -> pa.ChunkedArray:
@@ -59,13 +74,15 @@ class Normalizer:
         if self.cfg.layout == "nested":
             batch = self._explode(batch)
         cols = {
-            QUERY_ID: _as_string(batch[c.query_id]), QUERY: _as_string(batch[c.query]),
-            DOC_ID: _as_string(batch[c.doc_id]), DOC: _as_string(batch[c.doc]),
+            QUERY_ID: _as_id(batch[c.query_id]), QUERY: _as_string(batch[c.query]),
+            DOC_ID: _as_id(batch[c.doc_id]), DOC: _as_string(batch[c.doc]),
         }
         if c.score:
             cols[FIRST_STAGE_SCORE] = batch[c.score].cast(pa.float64())
         if c.rank:
             cols[FIRST_STAGE_RANK] = batch[c.rank].cast(pa.int32())
+        if c.instruction:
+            cols[INSTRUCTION] = _as_string(batch[c.instruction])
         for name in self.cfg.extra_columns:
             cols[name] = batch[name]
         table = pa.table(cols)
@@ -81,7 +98,7 @@ class Normalizer:
         items = pc.list_flatten(cands)
         table = batch.drop_columns([c.candidates]).take(pc.list_parent_indices(cands))
         inner = [f.name for f in cands.type.value_type]
-        wanted = [c.doc_id, c.doc, c.score, c.rank, *self.cfg.extra_columns]
+        wanted = [c.doc_id, c.doc, c.score, c.rank, c.instruction, *self.cfg.extra_columns]
         for name in dict.fromkeys(n for n in wanted if n in inner and n not in table.column_names):
             table = table.append_column(name, pc.struct_field(items, name))
         return table

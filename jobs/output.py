@@ -15,10 +15,10 @@ import posixpath
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from jobs.errors import UserError
 
@@ -42,10 +42,6 @@ class OutputDir:
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self._created_root = False
 
-    @property
-    def is_local(self) -> bool:
-        return isinstance(self.fs, LocalFileSystem)
-
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
@@ -61,14 +57,20 @@ class OutputDir:
     def data_files(self) -> list[str]:
         return sorted(self.path(n) for n in self._names() if PART_FILE.match(n))
 
-    def prepare(self, input_paths: list[str]) -> None:
+    def prepare(self, input_files: Sequence[str], input_dirs: Sequence[str] = ()) -> None:
         """Refuse an output that overlaps the input or holds foreign files; prove it is writable."""
         root = self.root.rstrip("/")
-        inside = [p for p in input_paths if p == root or p.startswith(root + "/")]
+        inside = [p for p in input_files if p == root or p.startswith(root + "/")]
         if inside:
             raise OutputError(
                 f"output.path {self.url!r} contains input file {inside[0]!r}; writing there would "
                 "mix outputs with inputs. Choose a directory outside the input."
+            )
+        around = [d for d in input_dirs if root == d.rstrip("/") or root.startswith(d.rstrip("/") + "/")]
+        if around:
+            raise OutputError(
+                f"output.path {self.url!r} is inside input directory {around[0]!r}; the next run "
+                "would read this output as input. Choose a directory outside the input."
             )
         if self.fs.isfile(self.root):
             raise OutputError(f"output.path {self.url!r} is a file; it must be a directory")
@@ -91,24 +93,47 @@ class OutputDir:
             raise OutputError(f"output.path {self.url!r} is not writable: {e}") from e
 
     def commit(self, staged_dir: str, marker: dict[str, Any]) -> list[str]:
-        """Move the staged part files into place, drop the old ones, write _SUCCESS last."""
+        """Swap the staged part files in for the previous run's, then write _SUCCESS last.
+
+        The previous part files are first moved aside into this run's staging; if anything
+        fails before _SUCCESS is written, they are moved back, so the last good output
+        survives a failed commit. Readers that wait for _SUCCESS never see a mix.
+        """
         staged = sorted(p for p in self.fs.find(staged_dir) if p.endswith(".parquet"))
         success = self.path(SUCCESS)
-        if self.fs.exists(success):
-            self.fs.rm(success)
-        old = set(self.data_files())
-        new = []
-        for i, src in enumerate(staged):
-            dst = self.path(f"part-{i:05d}.parquet")
-            self.fs.mv(src, dst)
-            new.append(dst)
-        for stale in sorted(old - set(new)):
-            self.fs.rm(stale)
-        names = [posixpath.basename(p) for p in new]
-        with self.fs.open(success, "w") as f:
-            json.dump({**marker, "run_id": self.run_id, "files": names}, f, indent=2)
+        old_marker = self.fs.cat_file(success) if self.fs.exists(success) else None
+        aside_dir = self.staging("previous")
+        moved_aside: list[tuple[str, str]] = []
+        placed: list[str] = []
+        try:
+            if old_marker is not None:
+                self.fs.rm(success)
+            self.fs.makedirs(aside_dir, exist_ok=True)
+            for old in self.data_files():
+                aside = posixpath.join(aside_dir, posixpath.basename(old))
+                self.fs.mv(old, aside)
+                moved_aside.append((old, aside))
+            for i, src in enumerate(staged):
+                dst = self.path(f"part-{i:05d}.parquet")
+                self.fs.mv(src, dst)
+                placed.append(dst)
+            names = [posixpath.basename(p) for p in placed]
+            with self.fs.open(success, "w") as f:
+                json.dump({**marker, "run_id": self.run_id, "files": names}, f, indent=2)
+        except BaseException:
+            self._restore(placed, moved_aside, old_marker)
+            raise
         self._remove_staging()
-        return new
+        return placed
+
+    def _restore(self, placed: list[str], moved_aside: list[tuple[str, str]], old_marker: bytes | None) -> None:
+        for path in placed:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+        for original, aside in moved_aside:
+            self.fs.mv(aside, original)
+        if old_marker is not None:
+            self.fs.pipe_file(self.path(SUCCESS), old_marker)
 
     def _remove_staging(self) -> None:
         run_dir = self.path(STAGING, self.run_id)

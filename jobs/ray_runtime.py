@@ -10,6 +10,7 @@ from typing import Any
 import fsspec
 import ray
 import ray.data
+import ray.exceptions
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.config import ActorConfig, RayConfig
@@ -56,12 +57,27 @@ def check_pool_fits(actor: ActorConfig) -> None:
         return
     total = ray.cluster_resources().get("CPU", 0)
     need = actor.pool_size.min * actor.num_cpus
-    if need >= total:
+    if 0 < total <= need:  # (0 CPUs: an autoscaling cluster that has not added workers yet)
         raise ConfigError(
             f"actor.pool_size.min ({actor.pool_size.min}) x actor.num_cpus ({actor.num_cpus}) = {need} "
             f"CPUs, but the cluster has {total:g}; the read stage then never gets a CPU and the job "
             "hangs. Lower the pool size or num_cpus (fractions are allowed, e.g. num_cpus: 0.5)."
         )
+
+
+@contextmanager
+def actor_pool_deadline(actor: ActorConfig) -> Iterator[None]:
+    """Fail, instead of waiting forever, when the pool's first actors cannot be placed
+    within actor.start_timeout_s (e.g. num_gpus on a cluster without GPUs)."""
+    ray.data.DataContext.get_current().wait_for_min_actors_s = actor.start_timeout_s
+    try:
+        yield
+    except ray.exceptions.GetTimeoutError as e:
+        wants = f"num_cpus={actor.num_cpus}, num_gpus={actor.num_gpus}, resources={dict(actor.resources)}"
+        raise ConfigError(
+            f"the actor pool did not start within actor.start_timeout_s ({actor.start_timeout_s:g} s): "
+            f"no node offers what one actor asks for ({wants}); cluster has {ray.cluster_resources()}"
+        ) from e
 
 
 def actor_pool_args(actor: ActorConfig, constructor_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -15,15 +15,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 from jobs.config import JobConfig, load_config
 from jobs.errors import InputError, find_user_error
 from jobs.evaluate import Qrels, evaluate, load_qrels, mean, read_run
 from jobs.inputs import discover
-from jobs.output import OutputDir
+from jobs.output import OutputDir, OutputError
 from jobs.ray_runtime import check_pool_fits, ray_session
-from jobs.schema import FIRST_STAGE_RANK, FIRST_STAGE_SCORE, RANK
+from jobs.schema import FIRST_STAGE_RANK, FIRST_STAGE_SCORE, RANK, SCORE
 from jobs.stages import (
     count_queries,
     count_scored,
@@ -33,7 +31,6 @@ from jobs.stages import (
     score_pairs,
 )
 from jobs.summary import RunSummary
-from reranker_actors.device import resolve_dtype
 
 
 class Stopwatch:
@@ -49,11 +46,6 @@ class Stopwatch:
             self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
-def _expected_dtype(cfg: JobConfig) -> str:
-    device = torch.device("cuda" if cfg.actor.num_gpus > 0 else "cpu")
-    return str(resolve_dtype(cfg.reranker.dtype, device)).removeprefix("torch.")
-
-
 def _evaluate(cfg: JobConfig, out: OutputDir, qrels: Qrels) -> tuple[dict, int]:
     """Mean metrics of the first stage (all scored pairs) and of the reranked output."""
     scored = parquet_files(out.fs, out.staging("scored"))
@@ -62,7 +54,7 @@ def _evaluate(cfg: JobConfig, out: OutputDir, qrels: Qrels) -> tuple[dict, int]:
     c = cfg.input.columns
     first = FIRST_STAGE_RANK if c.rank else FIRST_STAGE_SCORE if c.score else None
     if first:
-        runs = {"first stage": read_run(out.fs, scored, set(qrels), first)} | runs
+        runs = {"first stage": read_run(out.fs, scored, set(qrels), first, where_valid=SCORE)} | runs
     per_stage = {stage: evaluate(run, qrels, cfg.eval.k) for stage, run in runs.items()}
     return {stage: mean(pq) for stage, pq in per_stage.items()}, len(per_stage["reranked"])
 
@@ -70,17 +62,22 @@ def _evaluate(cfg: JobConfig, out: OutputDir, qrels: Qrels) -> tuple[dict, int]:
 def run(cfg: JobConfig) -> RunSummary:
     clock = Stopwatch()
     with clock.stage("validate"):
-        dtype = _expected_dtype(cfg)
         inputs = discover(cfg.input)
         qrels = load_qrels(cfg.eval.qrels) if cfg.eval.qrels else None
         out = OutputDir(cfg.output.path)
-        out.prepare(inputs.paths)
+        out.prepare(inputs.paths, inputs.dirs)
     try:
         with ray_session(cfg.ray) as where:
             check_pool_fits(cfg.actor)
             with clock.stage("score"):
                 score_pairs(inputs, cfg, out.staging("scored"), out.fs)
             counts = count_scored(out.fs, out.staging("scored"))
+            if cfg.input.layout == "flat" and counts.pairs != inputs.num_rows:
+                raise OutputError(
+                    f"the score stage wrote {counts.pairs} rows but the input has {inputs.num_rows}: "
+                    f"output.path {cfg.output.path!r} must be visible to every node of the cluster "
+                    "(s3:// or a shared filesystem), not a node-local path"
+                )
             if counts.scored == 0:
                 raise InputError(
                     f"input.path {cfg.input.path!r}: no valid pairs to rank "
@@ -96,7 +93,7 @@ def run(cfg: JobConfig) -> RunSummary:
             ray=where, input=str(cfg.input.path), input_files=len(inputs.files),
             pairs=counts.pairs, skipped=counts.skipped, queries=queries, rows_out=rows_out,
             output=cfg.output.path, files_out=len(ranked), model=cfg.reranker.model,
-            backend=cfg.reranker.backend, dtype=dtype, seconds=clock.seconds,
+            backend=cfg.reranker.backend, dtype=", ".join(counts.dtypes), seconds=clock.seconds,
             metrics=metrics, eval_queries=eval_queries,
         )
         with clock.stage("commit"):

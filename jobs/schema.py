@@ -10,8 +10,10 @@ SCORE = "score"
 RANK = "rank"
 MODEL = "model"
 
-# Internal: why a row was skipped (null when it is valid and scored). Never in the output.
-SKIP_REASON = "_skip_reason"
+# Internal columns, never in the output:
+SKIP_REASON = "_skip_reason"  # why a row was skipped (null when it is valid and scored)
+INSTRUCTION = "_instruction"  # the row's task instruction (null: the configured default)
+DTYPE = "_dtype"  # the dtype the actor that scored the row resolved (auto -> float16, ...)
 
 # The ranked output, in this order, followed by the configured extra columns.
 OUTPUT_COLUMNS = (QUERY_ID, DOC_ID, SCORE, RANK, FIRST_STAGE_SCORE, FIRST_STAGE_RANK, MODEL)

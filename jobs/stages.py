@@ -23,32 +23,33 @@ from jobs.fs import arrow_filesystem
 from jobs.inputs import Inputs
 from jobs.normalize import PATH_COLUMN, Normalizer
 from jobs.ranking import Ranker, rank_queries
-from jobs.ray_runtime import actor_pool_args, ray_filesystem
-from jobs.schema import QUERY_ID, RANK, SCORE, SKIP_REASON
+from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
+from jobs.schema import DTYPE, QUERY_ID, RANK, SCORE, SKIP_REASON
 from reranker_actors.actor import ScoreActor
 
 ROWS_PER_RANK_PARTITION = 1_000_000
 
 
 def score_pairs(inputs: Inputs, cfg: JobConfig, dest: str, fs: fsspec.AbstractFileSystem) -> None:
-    ds = ray.data.read_parquet(
-        inputs.paths, filesystem=ray_filesystem(inputs.fs), columns=inputs.columns,
-        include_paths=PATH_COLUMN not in inputs.columns,
-    )
-    ds = ds.map_batches(Normalizer(cfg.input), batch_format="pyarrow")
     threads = cfg.actor.threads or max(1, round(cfg.actor.num_cpus))
-    ds = ds.map_batches(
-        ScoreActor, batch_format="pyarrow",
-        **actor_pool_args(cfg.actor, {
-            "reranker": cfg.reranker.model_dump(), "expect_gpu": cfg.actor.num_gpus > 0,
-            "threads": threads,
-        }),
-    )
-    ds.write_parquet(dest, filesystem=ray_filesystem(fs))
+    with actor_pool_deadline(cfg.actor):  # (a dataset keeps the DataContext of its creation)
+        ds = ray.data.read_parquet(
+            inputs.paths, filesystem=ray_filesystem(inputs.fs), columns=inputs.columns,
+            include_paths=PATH_COLUMN not in inputs.columns,
+        )
+        ds = ds.map_batches(Normalizer(cfg.input), batch_format="pyarrow")
+        ds = ds.map_batches(
+            ScoreActor, batch_format="pyarrow",
+            **actor_pool_args(cfg.actor, {
+                "reranker": cfg.reranker.model_dump(), "expect_gpu": cfg.actor.num_gpus > 0,
+                "threads": threads,
+            }),
+        )
+        ds.write_parquet(dest, filesystem=ray_filesystem(fs))
 
 
 def _drop_skipped(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch[SKIP_REASON])).drop_columns([SKIP_REASON])
+    return batch.filter(pc.is_null(batch[SKIP_REASON])).drop_columns([SKIP_REASON, DTYPE])
 
 
 def rank_pairs(cfg: JobConfig, scored: str, dest: str, fs: fsspec.AbstractFileSystem,
@@ -70,6 +71,7 @@ def rank_pairs(cfg: JobConfig, scored: str, dest: str, fs: fsspec.AbstractFileSy
 class ScoredCounts:
     pairs: int  # all pairs read (after exploding nested rows)
     skipped: int  # invalid pairs dropped under on_invalid: skip
+    dtypes: tuple[str, ...]  # the dtypes the actors resolved
 
     @property
     def scored(self) -> int:
@@ -80,28 +82,36 @@ def parquet_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
     return sorted(p for p in fs.find(directory) if p.endswith(".parquet")) if fs.exists(directory) else []
 
 
-def count_scored(fs: fsspec.AbstractFileSystem, directory: str) -> ScoredCounts:
-    """Counts from the scored staging's Parquet footers: rows, and null scores (= skipped)."""
-    pairs = skipped = 0
-    for path in parquet_files(fs, directory):
+def footers(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[pq.FileMetaData]:
+    out = []
+    for path in files:
         with fs.open(path, "rb") as f:
-            meta = pq.ParquetFile(f).metadata
-        col = meta.schema.names.index(SCORE)
+            out.append(pq.ParquetFile(f).metadata)
+    return out
+
+
+def _column_stats(meta: pq.FileMetaData, name: str) -> list[pq.Statistics]:
+    col = meta.schema.names.index(name)
+    stats = [meta.row_group(i).column(col).statistics for i in range(meta.num_row_groups)]
+    if any(s is None or not s.has_null_count for s in stats):
+        raise RuntimeError(f"Parquet written without statistics for column {name!r}")
+    return stats
+
+
+def count_scored(fs: fsspec.AbstractFileSystem, directory: str) -> ScoredCounts:
+    """Counts from the scored staging's footers: rows, null scores (= skipped), and the
+    dtypes actors used (min/max statistics of the constant-per-batch `_dtype` column)."""
+    pairs = skipped = 0
+    dtypes: set[str] = set()
+    for meta in footers(fs, parquet_files(fs, directory)):
         pairs += meta.num_rows
-        for i in range(meta.num_row_groups):
-            stats = meta.row_group(i).column(col).statistics
-            if stats is None or not stats.has_null_count:
-                raise RuntimeError(f"{path}: no null_count statistics for column {SCORE!r}")
-            skipped += stats.null_count
-    return ScoredCounts(pairs, skipped)
+        skipped += sum(s.null_count for s in _column_stats(meta, SCORE))
+        dtypes |= {v for s in _column_stats(meta, DTYPE) if s.has_min_max for v in (s.min, s.max)}
+    return ScoredCounts(pairs, skipped, tuple(sorted(dtypes)))
 
 
 def footer_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
-    total = 0
-    for path in files:
-        with fs.open(path, "rb") as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total
+    return sum(meta.num_rows for meta in footers(fs, files))
 
 
 def count_queries(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:

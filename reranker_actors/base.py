@@ -63,8 +63,13 @@ class Reranker(ABC):
     dtype: Any  # the resolved torch.dtype
 
     @abstractmethod
-    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
-        """Return float32 scores, one per pair, in input order."""
+    def score(self, queries: Sequence[str], docs: Sequence[str],
+              instructions: Sequence[str | None] | None = None) -> np.ndarray:
+        """Return float32 scores, one per pair, in input order.
+
+        `instructions` (per pair, None/empty = the configured default) is used by the
+        families that take a task instruction (llm_yes_no); the others ignore it.
+        """
 
     @property
     def truncated(self) -> int:

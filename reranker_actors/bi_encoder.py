@@ -45,7 +45,8 @@ class BiEncoderReranker(HFReranker):
         return out
 
     @torch.inference_mode()
-    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+    def score(self, queries: Sequence[str], docs: Sequence[str],
+              instructions: Sequence[str | None] | None = None) -> np.ndarray:
         unique = list(dict.fromkeys(queries))
         position = {q: i for i, q in enumerate(unique)}
         q_enc = self.encoder.encode_queries(unique)

@@ -36,7 +36,8 @@ class CrossEncoderReranker(HFReranker):
             )
 
     @torch.inference_mode()
-    def score(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+    def score(self, queries: Sequence[str], docs: Sequence[str],
+              instructions: Sequence[str | None] | None = None) -> np.ndarray:
         enc = self.encoder.encode_pairs(queries, docs)
         self._truncated += sum(enc.cut)
         out = np.empty(len(enc.ids), dtype=np.float32)

@@ -39,14 +39,16 @@ def cpu_supports_bf16() -> bool:
 
 
 def pick_device(expect_gpu: bool) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if expect_gpu:
+    """cuda for an actor that was given a GPU, else cpu, even on a GPU node: Ray does not
+    hide GPUs from actors that asked for none, and they must not use one outside its accounting."""
+    if not expect_gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise ModelError(
             "actor.num_gpus > 0 but CUDA is not available inside the actor "
             "(no GPU on the node, or a CPU-only torch build); set actor.num_gpus: 0 to run on CPU"
         )
-    return torch.device("cpu")
+    return torch.device("cuda")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -66,6 +66,16 @@ def load_pretrained(config: RerankerConfig, auto_class: Any, device: torch.devic
     return tokenizer, model.to(device).eval()
 
 
+def position_limit(model: Any) -> int | None:
+    """Tokens the model can take: max_position_embeddings, less RoBERTa/XLM-R's offset
+    (their positions start after the padding index: 514 -> 512 usable)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    return limit - (padding_idx + 1) if padding_idx is not None else limit
+
+
 class HFReranker(Reranker):
     """Setup shared by families built on a transformers model and its fast tokenizer."""
 
@@ -76,10 +86,21 @@ class HFReranker(Reranker):
         self.device = device
         self.dtype = resolve_dtype(config.dtype, device)
         tokenizer, self.model = load_pretrained(config, self.auto_class, device, self.dtype)
-        self.encoder = TextEncoder(tokenizer, config.max_length, config.query_cap)
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
+        self.encoder = self.make_encoder(tokenizer)
         self._truncated = 0
+        limit = position_limit(self.model)
+        if limit is not None and config.max_length > limit:
+            raise ModelError(
+                f"reranker.max_length {config.max_length} exceeds what model {config.model!r} supports "
+                f"({limit} positions); set reranker.max_length to at most {limit}"
+            )
+
+    def make_encoder(self, tokenizer: Any) -> Any:
+        """Text -> token ids for this family; pair encoders by default."""
+        return TextEncoder(tokenizer, self.config.max_length, self.config.query_cap)
 
     @property
     def truncated(self) -> int:

@@ -11,10 +11,12 @@ from jobs.errors import ConfigError
 from reranker_actors.base import Reranker, RerankerConfig
 from reranker_actors.bi_encoder import BiEncoderReranker
 from reranker_actors.cross_encoder import CrossEncoderReranker
+from reranker_actors.llm_yes_no import LLMYesNoReranker
 
 BACKENDS: dict[str, type[Reranker]] = {
     "cross_encoder": CrossEncoderReranker,
     "bi_encoder": BiEncoderReranker,
+    "llm_yes_no": LLMYesNoReranker,
 }
 
 # The `reranker:` section of a job config: one of the families' configs, by `backend`.

@@ -90,7 +90,7 @@ class TextEncoder:
         encs: list[Encoding] = self.tok.encode_batch(inputs, add_special_tokens=False)
         ids = [e.ids for e in encs]
         for i, text in enumerate(texts):
-            if len(text) > char_cap and not _prefix_is_exact(encs[i], text, cap, char_cap):
+            if len(text) > char_cap and not prefix_is_exact(encs[i], text, cap, char_cap):
                 ids[i] = self.tok.encode(text, add_special_tokens=False).ids
         return [x[:cap] for x in ids], [len(x) > cap for x in ids]
 
@@ -127,14 +127,15 @@ class TextEncoder:
         return Encoded(ids, types, cut)
 
 
-def _prefix_is_exact(enc: Encoding, text: str, cap: int, char_cap: int) -> bool:
+def prefix_is_exact(enc: Encoding, text: str, cap: int, char_cap: int) -> bool:
     """Whether the first `cap` tokens of text[:char_cap] equal those of the whole text.
 
-    They do when a space lies between the end of token `cap` and the cut: every
+    They do when whitespace lies between the end of token `cap` and the cut: every
     tokenizer family here (WordPiece, SentencePiece/Metaspace, byte-level BPE) splits
-    words at spaces before subword tokenization, so the cut only changes later words.
+    words at whitespace before subword tokenization, so the cut only changes later words.
+    Text without whitespace (e.g. long Chinese) is tokenized whole instead.
     """
     if len(enc.ids) <= cap:
         return False
     end = enc.offsets[cap - 1][1]
-    return " " in text[end:char_cap]
+    return any(c.isspace() for c in text[end:char_cap])

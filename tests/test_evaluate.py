@@ -59,3 +59,41 @@ def test_qrels_with_a_missing_column_are_named(tmp_path) -> None:
     pq.write_table(pa.table({"query_id": ["q"], "doc_id": ["d"]}), tmp_path / "q.parquet")
     with pytest.raises(InputError, match=r"missing column\(s\) \['relevance'\]"):
         load_qrels(str(tmp_path / "q.parquet"))
+
+
+def test_negative_grades_count_as_zero_as_in_trec_eval() -> None:
+    qrels = {"q": {"a": -1, "b": 2, "c": 1, "d": -2}}
+    run = {"q": {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0}}
+    ref = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "map", "recall.10"}).evaluate(run)["q"]
+    ours = evaluate(run, qrels)["q"]
+    assert ours["ndcg@10"] == pytest.approx(ref["ndcg_cut_10"], abs=1e-9)
+    assert ours["map"] == pytest.approx(ref["map"], abs=1e-9)
+    assert ours["recall@10"] == pytest.approx(ref["recall_10"], abs=1e-9)
+
+
+def test_the_cli_evaluates_an_output_directory(tmp_path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.evaluate import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = sample_rows()
+    half = len(rows) // 2
+    for i, part in enumerate((rows[:half], rows[half:])):
+        pq.write_table(pa.Table.from_pylist(part), out / f"part-{i:05d}.parquet")
+    (out / "_SUCCESS").write_text("{}")
+    assert main(["--run", str(out), "--qrels", str(SAMPLE / "qrels.parquet")]) == 0
+    table = capsys.readouterr().out
+    assert "| reranked | 20 |" in table and "| first stage | 20 |" in table
+    # Here the "reranked" order is BM25's own, so both rows must show the same numbers.
+    reranked, first = (line.split("|")[3:] for line in table.splitlines() if "| 20 |" in line)
+    assert reranked == first
+
+
+def sample_rows() -> list[dict]:
+    from tests.conftest import sample_pairs
+
+    return [{"query_id": r["query_id"], "doc_id": r["doc_id"], "rank": r["bm25_rank"],
+             "first_stage_rank": r["bm25_rank"]} for r in sample_pairs().to_pylist()]

@@ -95,3 +95,12 @@ def test_nested_layout_schema(tmp_path: Path) -> None:
     pq.write_table(pairs(), flat)
     with pytest.raises(InputError, match="nested layout needs column 'candidates'"):
         discover(InputConfig(path=str(flat), layout="nested"))
+
+
+def test_globs_skip_markers_and_hidden_files(tmp_path: Path) -> None:
+    pq.write_table(pairs(), tmp_path / "part-0.snappy.parquet")
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / ".part-0.snappy.parquet.crc").write_text("x")
+    found = discover(InputConfig(path=str(tmp_path / "*")))
+    assert [Path(f.path).name for f in found.files] == ["part-0.snappy.parquet"]
+    assert found.dirs == [str(tmp_path)]

@@ -183,3 +183,65 @@ def test_a_pool_that_would_deadlock_two_cpus_is_refused(tmp_path: Path, tiny_ber
     with pytest.raises(ConfigError, match=r"actor.pool_size.min \(2\) x actor.num_cpus \(1.0\) = 2.0 CPUs"):
         run(load_config(path, [f"input.path={tmp_path / 'in'}", "actor.pool_size=2"]))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_cannot_load_fails_fast_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    in_dir = write_shards(tmp_path / "in", [sample_pairs().slice(0, 10)])
+    path = write_config(tmp_path / "job.yaml", job_config(tmp_path, in_dir, str(tmp_path / "no-model")))
+    (tmp_path / "no-model").mkdir()
+    (tmp_path / "no-model" / "config.json").write_text("{}")
+    assert main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"batch-rerank: error: could not load model '{tmp_path / 'no-model'}'" in err
+    assert "Traceback" not in err.split("batch-rerank: error:")[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gpu_pool_on_a_cluster_without_gpus_times_out_clearly(tmp_path: Path, tiny_bert_dir: str) -> None:
+    in_dir = write_shards(tmp_path / "in", [sample_pairs().slice(0, 10)])
+    path = write_config(tmp_path / "job.yaml", job_config(tmp_path, in_dir, tiny_bert_dir))
+    with pytest.raises(ConfigError, match=r"did not start within actor.start_timeout_s \(5 s\).*num_gpus=1"):
+        run(load_config(path, ["actor.num_gpus=1", "actor.start_timeout_s=5"]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_qwen3_config_runs_with_the_documented_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """configs/qwen3_custom_instruction.yaml on the bundled sample, with the model its header
+    says to build (`python -m tests.tiny_models qwen3 <dir>`)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    model = tmp_path / "tiny-qwen3"
+    subprocess.run([sys.executable, "-m", "tests.tiny_models", "qwen3", str(model)], cwd=REPO, check=True)
+    code = main(["--config", str(REPO / "configs" / "qwen3_custom_instruction.yaml"), f"reranker.model={model}",
+                 f"input.path={REPO / 'samples/cranfield/candidates'}", f"output.path={tmp_path / 'out'}",
+                 f"eval.qrels={REPO / 'samples/cranfield/qrels.parquet'}", "reranker.dtype=float32"])
+    assert code == 0
+    summary = capsys.readouterr().out
+    assert "600 read, 600 scored" in summary and "(llm_yes_no, dtype float32)" in summary
+    out = read_output(tmp_path / "out")
+    assert out.num_rows == 600 and len(set(out["query_id"].to_pylist())) == 20
+    scores = np.array(out["score"].to_pylist())
+    assert ((scores > 0) & (scores < 1)).all()
+    check_ranks(out)
+
+
+def test_per_row_instructions_reach_the_llm(tmp_path: Path, tiny_qwen3_dir: str) -> None:
+    table = sample_pairs().filter(pc.is_in(sample_pairs()["query_id"], pa.array(["1", "2"])))
+    table = table.slice(0, 12)
+    task = [None, "", "Rank by relevance to wind tunnels", "判断文档是否相关"] * 3
+    table = table.append_column("task", pa.array(task, pa.string()))
+    in_dir = write_shards(tmp_path / "in", [table])
+    cfg = job_config(tmp_path, in_dir, tiny_qwen3_dir, input={"columns": {"instruction": "task"}})
+    cfg["reranker"] = {"backend": "llm_yes_no", "model": tiny_qwen3_dir, "dtype": "float32", "max_length": 512}
+    run(load_config(write_config(tmp_path / "job.yaml", cfg)))
+    out = read_output(tmp_path / "out")
+    got = dict(zip(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()), out["score"].to_pylist()))
+    reranker = build_reranker(cfg["reranker"], torch.device("cpu"))
+    expected = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist(), task)
+    keys = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
+    assert np.abs(np.array([got[k] for k in keys]) - expected).max() < 1e-5
+    default = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist())
+    assert np.abs(np.array([got[k] for k in keys]) - default)[2::4].min() > 1e-6  # custom ones differ

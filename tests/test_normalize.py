@@ -68,3 +68,19 @@ def test_skip_marks_each_row_with_its_first_reason() -> None:
     assert out["_skip_reason"].to_pylist() == [
         None, "query_id is null or empty", "query is null or empty", None
     ]
+
+
+def test_ids_are_always_plain_strings() -> None:
+    table = pa.table({"query_id": pa.array(["q", "q"], pa.large_string()), "query": ["a", "a"],
+                      "doc_id": pa.array(["x", "y"]).dictionary_encode(),
+                      "doc": pa.array(["t", "u"], pa.large_string())})
+    out = Normalizer(InputConfig(path="x"))(table)
+    assert out.schema.field("query_id").type == pa.string() and out.schema.field("doc_id").type == pa.string()
+    assert out["doc_id"].to_pylist() == ["x", "y"]
+
+
+def test_nested_invalid_rows_name_their_file() -> None:
+    cands = pa.array([[{"doc_id": "a", "doc": "A"}, {"doc_id": "b", "doc": ""}]])
+    table = pa.table({"query_id": ["q1"], "query": ["one"], "candidates": cands, "path": ["/data/n.parquet"]})
+    with pytest.raises(InputError, match=r"/data/n.parquet: \(query_id='q1', doc_id='b'\): doc is null or empty"):
+        Normalizer(InputConfig(path="x", layout="nested"))(table)

@@ -83,3 +83,33 @@ def test_an_unwritable_output_is_reported_before_any_work(tmp_path: Path) -> Non
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="is not writable"):
         OutputDir(str(tmp_path / "file" / "out")).prepare([])
+
+
+def test_a_failed_commit_restores_the_last_good_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = OutputDir(str(tmp_path / "out"))
+    good.prepare([])
+    good.commit(stage(good, [pa.table({"a": [1]}), pa.table({"a": [2]})]), {"run": "good"})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    failing = OutputDir(str(tmp_path / "out"))
+    failing.prepare([])
+    staged = stage(failing, [pa.table({"a": [8]}), pa.table({"a": [9]})])
+    real_mv, calls = failing.fs.mv, []
+
+    def mv(src: str, dst: str, **kw: object) -> None:
+        calls.append(src)
+        if src.startswith(staged) and len([c for c in calls if c.startswith(staged)]) == 2:
+            raise OSError("disk full")
+        real_mv(src, dst, **kw)
+
+    monkeypatch.setattr(failing.fs, "mv", mv)
+    with pytest.raises(OSError, match="disk full"):
+        failing.commit(staged, {"run": "bad"})
+    monkeypatch.undo()
+    failing.abort()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+def test_output_inside_an_input_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="is inside input directory"):
+        OutputDir(str(tmp_path / "data" / "ranked")).prepare([str(tmp_path / "data" / "x.parquet")],
+                                                             [str(tmp_path / "data")])

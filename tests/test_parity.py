@@ -132,3 +132,14 @@ def test_a_missing_model_fails_naming_the_model(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ModelError, match=r"could not load model .* for backend cross_encoder"):
         build_reranker({"backend": "cross_encoder", "model": str(tmp_path)}, CPU)
+
+
+@pytest.mark.parametrize(("model", "limit"), [("tiny_bert_dir", 512), ("tiny_xlmr_dir", 512)])
+def test_max_length_beyond_the_model_positions_is_refused(request: pytest.FixtureRequest, model: str,
+                                                          limit: int) -> None:
+    from jobs.errors import ModelError
+
+    model_dir = request.getfixturevalue(model)
+    assert build_reranker({"backend": "cross_encoder", "model": model_dir, "max_length": limit}, CPU)
+    with pytest.raises(ModelError, match=f"exceeds what model .* supports \\({limit} positions\\)"):
+        build_reranker({"backend": "cross_encoder", "model": model_dir, "max_length": limit + 1}, CPU)

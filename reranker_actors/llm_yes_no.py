@@ -1,0 +1,163 @@
+"""LLM rerankers that judge a pair by the probability of answering "yes" (Qwen3-Reranker).
+
+The default prompt, instruction and score are the Qwen3-Reranker model card's
+(transformers variant): score = softmax([logit(no), logit(yes)])[yes] at the last
+position = sigmoid(yes - no). Other yes/no LLM rerankers are configured through the
+template and token strings; `negative_token: null` scores by the yes logit alone.
+
+Efficiency, with the same numbers as the card's code:
+  - only the last position's hidden state is used, multiplied by the two LM-head rows
+    for yes/no; the full-vocabulary logits are never computed;
+  - length-bucketed batches under a token budget, padded to the longest in the bucket;
+  - the tokens that all candidates of a query share (system prompt, instruction, query)
+    are run once; their KV cache is reused for every candidate's remaining tokens.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator, model_validator
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from jobs.errors import ModelError
+from reranker_actors.base import RerankerConfig, activate
+from reranker_actors.batching import pad, to_device, token_budget_batches
+from reranker_actors.hf import HFReranker
+from reranker_actors.prompts import PromptBatch, PromptEncoder
+
+QWEN3_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+QWEN3_BODY = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+QWEN3_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+PLACEHOLDERS = {"instruction", "query", "doc"}
+
+
+class LLMYesNoConfig(RerankerConfig):
+    backend: Literal["llm_yes_no"] = "llm_yes_no"
+    max_length: int = Field(8192, ge=8, description="Tokens per prompt, prefix and suffix included.")
+    activation: Literal["raw", "sigmoid"] = Field(
+        "sigmoid", description="sigmoid: P(yes) as on the model card; raw: logit(yes) - logit(no)."
+    )
+    prefix: str = QWEN3_PREFIX
+    body: str = Field(QWEN3_BODY, description="Python format string with {query}, {doc}, {instruction}.")
+    suffix: str = QWEN3_SUFFIX
+    instruction: str = Field(QWEN3_INSTRUCTION, description="Default task instruction.")
+    positive_token: str = "yes"
+    negative_token: str | None = Field("no", description="null: score by the positive token's logit alone.")
+
+    @field_validator("body")
+    @classmethod
+    def _body_fields(cls, v: str) -> str:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(v) if name is not None}
+        except ValueError as e:
+            raise ValueError(f"not a valid format string ({e}); write literal braces as {{{{ }}}}") from e
+        if not {"query", "doc"} <= names or not names <= PLACEHOLDERS:
+            raise ValueError(f"must contain {{query}} and {{doc}} and may contain {{instruction}}; found {names}")
+        return v
+
+    @model_validator(mode="after")
+    def _no_query_cap(self) -> LLMYesNoConfig:
+        if self.query_max_length is not None:
+            raise ValueError("query_max_length does not apply to llm_yes_no: as on the model card, the "
+                             "prompt body is cut from the end (the document) to fit max_length")
+        return self
+
+
+def _token_id(tokenizer: Any, token: str, key: str, model: str) -> int:
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or (tid == tokenizer.unk_token_id and token != tokenizer.unk_token):
+        raise ModelError(f"reranker.{key} {token!r} is not a token of model {model!r}'s vocabulary")
+    return int(tid)
+
+
+class LLMYesNoReranker(HFReranker):
+    config_class = LLMYesNoConfig
+    auto_class = AutoModelForCausalLM
+    config: LLMYesNoConfig
+    encoder: PromptEncoder
+
+    def __init__(self, config: LLMYesNoConfig, device: torch.device) -> None:
+        super().__init__(config, device)
+        tokens = [config.positive_token] + ([config.negative_token] if config.negative_token else [])
+        keys = ["positive_token", "negative_token"]
+        ids = [_token_id(self.tokenizer, t, k, config.model) for t, k in zip(tokens, keys)]
+        self.decoder = self.model.get_decoder()
+        # The two LM-head rows that matter, as a (hidden, 1 or 2) matrix in float32.
+        self.head = self.model.get_output_embeddings().weight[ids].detach().float().T.contiguous()
+        self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
+
+    def make_encoder(self, tokenizer: Any) -> PromptEncoder:
+        c = self.config
+        try:
+            return PromptEncoder(tokenizer, c.prefix, c.body, c.suffix, c.instruction, c.max_length)
+        except ValueError as e:
+            raise ModelError(f"reranker.max_length: {e}") from e
+
+    def _last_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden.float() @ self.head.to(hidden.device)
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
+
+    def _run(self, seqs: list[list[int]], offset: int = 0, cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+             ) -> torch.Tensor:
+        """Logits of the last token of each sequence (right-padded), optionally after a shared
+        prefix of `offset` tokens whose per-layer (key, value) tensors are `cache`."""
+        ids = pad(seqs, self.pad_id)
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        positions = np.broadcast_to(offset + np.arange(ids.shape[1]), ids.shape).copy()
+        kwargs: dict[str, Any] = {}
+        if cache is not None:
+            rows = len(seqs)
+            mask = np.concatenate([np.ones((rows, offset), dtype=np.int64), mask], axis=1)
+            kwargs = {"past_key_values": DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                                       for k, v in cache]), "use_cache": True}
+        out = self.decoder(input_ids=to_device(ids, self.device), attention_mask=to_device(mask, self.device),
+                           position_ids=to_device(positions, self.device), **kwargs)
+        last = torch.from_numpy(lengths - 1).to(self.device)
+        return self._last_logits(out.last_hidden_state[torch.arange(len(seqs), device=self.device), last])
+
+    def _score_shared(self, batch: PromptBatch, rows: np.ndarray, shared: int, out: np.ndarray) -> None:
+        """Run the group's common prefix once, then every candidate's remaining tokens on its cache."""
+        prefix = batch.ids[rows[0]][:shared]
+        ran = self.decoder(input_ids=to_device(np.array([prefix]), self.device), use_cache=True,
+                           past_key_values=DynamicCache(config=self.model.config))
+        cache = [(layer.keys, layer.values) for layer in ran.past_key_values.layers]
+        rests = [batch.ids[k][shared:] for k in rows]
+        lengths = np.fromiter((shared + len(r) for r in rests), dtype=np.int64, count=len(rests))
+        for idx in token_budget_batches(lengths, self.config.max_tokens_per_batch):
+            out[rows[idx]] = self._run([rests[i] for i in idx], shared, cache).cpu().numpy()
+
+    @torch.inference_mode()
+    def logits(self, queries: Sequence[str], docs: Sequence[str],
+               instructions: Sequence[str | None] | None = None, share_prefix: bool = True) -> np.ndarray:
+        """(n, 2) logits of [yes, no] (or (n, 1) of yes) at each prompt's last position."""
+        batch = self.encoder.encode(queries, docs, instructions)
+        self._truncated += sum(batch.cut)
+        out = np.empty((len(batch.ids), self.head.shape[1]), dtype=np.float32)
+        alone = []
+        for group in batch.groups:
+            if share_prefix and group.shared > 0:
+                self._score_shared(batch, group.rows, group.shared, out)
+            else:
+                alone += group.rows.tolist()
+        alone_rows = np.array(alone, dtype=np.int64)
+        for idx in token_budget_batches(batch.lengths[alone_rows], self.config.max_tokens_per_batch):
+            out[alone_rows[idx]] = self._run([batch.ids[k] for k in alone_rows[idx]]).cpu().numpy()
+        return out
+
+    def score(self, queries: Sequence[str], docs: Sequence[str],
+              instructions: Sequence[str | None] | None = None) -> np.ndarray:
+        logits = self.logits(queries, docs, instructions)
+        margin = logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
+        return activate(margin, self.config.activation)
