@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tokenizers import Tokenizer
 
-from reranker_actors.tokenization import CHARS_PER_TOKEN_BOUND, prefix_is_exact
+from reranker_actors.tokenization import CHARS_PER_TOKEN_BOUND, plain_tokenizer, prefix_is_exact
 
 
 @dataclass
@@ -52,12 +51,7 @@ def _common_prefix(seqs: list[list[int]]) -> int:
 class PromptEncoder:
     def __init__(self, hf_tokenizer: object, prefix: str, body: str, suffix: str,
                  default_instruction: str, max_length: int) -> None:
-        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise TypeError(f"{type(hf_tokenizer).__name__} has no fast (Rust) tokenizer backend")
-        self.tok = Tokenizer.from_str(backend.to_str())
-        self.tok.no_truncation()
-        self.tok.no_padding()
+        self.tok = plain_tokenizer(hf_tokenizer)
         self.prefix = self.tok.encode(prefix, add_special_tokens=False).ids
         self.suffix = self.tok.encode(suffix, add_special_tokens=False).ids
         self.budget = max_length - len(self.prefix) - len(self.suffix)

@@ -15,10 +15,25 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
+from jobs.errors import ModelError
+
 # A token rarely spans more than a dozen characters; longer texts are cut to this many
 # characters per allowed token before tokenizing, so a 1 MB document costs no more than
 # a short one. The cut is verified (see _encode_capped) and undone where it could matter.
 CHARS_PER_TOKEN_BOUND = 12
+
+
+def plain_tokenizer(hf_tokenizer: object) -> Tokenizer:
+    """A private copy of the fast tokenizer behind a transformers tokenizer, with no
+    truncation or padding (tokenizer.json files often carry their own)."""
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelError(f"{type(hf_tokenizer).__name__} has no fast (Rust) tokenizer, which this job needs; "
+                         "use a model that ships a tokenizer.json")
+    tok = Tokenizer.from_str(backend.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
 
 
 @dataclass(frozen=True)
@@ -71,13 +86,7 @@ class TextEncoder:
     """Encodes single texts and (query, doc) pairs for one model's tokenizer."""
 
     def __init__(self, hf_tokenizer: object, max_length: int, query_cap: int) -> None:
-        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise TypeError(f"{type(hf_tokenizer).__name__} has no fast (Rust) tokenizer backend")
-        # A private copy: tokenizer.json files often carry their own truncation/padding.
-        self.tok = Tokenizer.from_str(backend.to_str())
-        self.tok.no_truncation()
-        self.tok.no_padding()
+        self.tok = plain_tokenizer(hf_tokenizer)
         self.max_length = max_length
         self.query_cap = query_cap
         self.pair = _read_template(self.tok, pair=True)
