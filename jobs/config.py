@@ -60,6 +60,8 @@ class ActorConfig(Section):
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources.")
     batch_size: int = Field(512, ge=1, description="Pairs per call of an actor.")
     threads: int | None = Field(None, ge=1, description="torch threads; default round(num_cpus).")
+    max_restarts: int = Field(3, ge=0, description="Restarts of an actor that died (OOM kill, lost node).")
+    max_task_retries: int = Field(3, ge=0, description="Retries of a batch whose actor died mid-batch.")
     start_timeout_s: float = Field(
         900, gt=0, description="Fail if the pool's first actors cannot be placed within this time."
     )

@@ -20,6 +20,8 @@ from jobs.config import InputConfig
 from jobs.errors import InputError
 from jobs.fs import hidden, visible_parquet
 
+PATH_COLUMN = "path"  # read_parquet(include_paths=True) adds it: the row's source file
+
 MAX_LISTED = 10
 GLOB_CHARS = "*?["
 
@@ -68,14 +70,19 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, i
         return meta.schema_arrow, meta.metadata.num_rows, f.size
 
 
-def _is_text(t: pa.DataType) -> bool:
+def _is_string(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
+def _is_text(t: pa.DataType) -> bool:
+    """Strings, or binary holding UTF-8 (values that do not decode are reported per row)."""
+    return _is_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
 def _is_id(t: pa.DataType) -> bool:
-    return _is_text(t) or pa.types.is_integer(t)
+    return _is_string(t) or pa.types.is_integer(t)
 
 
 def _is_number(t: pa.DataType) -> bool:
@@ -83,7 +90,7 @@ def _is_number(t: pa.DataType) -> bool:
 
 
 ID_TYPES = "string, or an integer type (ids are read as strings)"
-TEXT_TYPES = "string or large_string"
+TEXT_TYPES = "string, large_string, or binary holding UTF-8"
 def _or_null(check: Callable[[pa.DataType], bool]) -> Callable[[pa.DataType], bool]:
     """An all-null column passes the type check; its rows then fail the row checks."""
     return lambda t: pa.types.is_null(t) or check(t)
@@ -175,6 +182,10 @@ def discover(cfg: InputConfig) -> Inputs:
                              "(looked for *.parquet, skipping names that start with _ or .)")
         paths += found
     paths = list(dict.fromkeys(paths))
+    columns = _read_columns(cfg)
+    if PATH_COLUMN in columns:
+        raise InputError(f"input.columns: the job reads each row's source file into a column named "
+                         f"{PATH_COLUMN!r}; rename the input column {PATH_COLUMN!r} (e.g. to doc_path)")
     with ThreadPoolExecutor(max_workers=16) as pool:
         footers = list(pool.map(lambda p: _try_footer(fs, p), paths))
     errors, files = [], []
@@ -191,7 +202,7 @@ def discover(cfg: InputConfig) -> Inputs:
         raise InputError(f"{len(errors)} input problem(s):\n  - " + "\n  - ".join(errors[:MAX_LISTED]) + more)
     if sum(f.num_rows for f in files) == 0:
         raise InputError(f"input.path {cfg.path!r}: the {len(files)} Parquet file(s) hold 0 rows")
-    return Inputs(fs, files, _read_columns(cfg), dirs)
+    return Inputs(fs, files, columns, dirs)
 
 
 def _try_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, int, int] | str:

@@ -7,13 +7,15 @@ text either fail the job (naming them) or are marked with a skip reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.config import InputConfig
 from jobs.errors import InputError
+from jobs.inputs import PATH_COLUMN
 from jobs.schema import (
     DOC,
     DOC_ID,
@@ -22,11 +24,13 @@ from jobs.schema import (
     INSTRUCTION,
     QUERY,
     QUERY_ID,
+    SHARD,
     SKIP_REASON,
+    UNITS,
 )
 
-PATH_COLUMN = "path"  # added by read_parquet(include_paths=True): the row's source file
 MAX_LISTED = 10
+NO_CANDIDATES = "query has no candidates"
 
 CHECKS = (  # (column, is it text, reason when bad), in order of precedence
     (QUERY_ID, False, "query_id is null or empty"),
@@ -37,11 +41,23 @@ CHECKS = (  # (column, is it text, reason when bad), in order of precedence
 
 
 def _as_string(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Texts: string or large_string as given (dictionaries decoded); others cast to string."""
+    """Texts: string or large_string as given (dictionaries decoded); others cast to string.
+    Binary columns are decoded as UTF-8; values that are not valid UTF-8 become null."""
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
-    return col if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) \
-        else col.cast(pa.string())
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return col
+    try:
+        return col.cast(pa.string())
+    except pa.ArrowInvalid:  # invalid UTF-8 somewhere: decode value by value
+        return pa.chunked_array([pa.array([_utf8_or_none(v) for v in col.to_pylist()], pa.string())])
+
+
+def _utf8_or_none(value: bytes | None) -> str | None:
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _as_id(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -55,27 +71,50 @@ def _bad(col: pa.ChunkedArray, is_text: bool) -> pa.ChunkedArray:
     return pc.fill_null(pc.equal(pc.utf8_length(stripped), 0), True)
 
 
-def skip_reasons(table: pa.Table) -> pa.ChunkedArray:
-    """Per row, the first failing check's reason, or null when the row is valid."""
+def _not_utf8(raw: pa.ChunkedArray, text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a binary value did not decode (it was not null before decoding)."""
+    return pc.and_(pc.is_valid(raw), pc.is_null(text))
+
+
+def skip_reasons(table: pa.Table, raw: dict[str, pa.ChunkedArray] | None = None) -> pa.ChunkedArray:
+    """Per row, the first failing check's reason, or null when the row is valid.
+
+    `raw` maps canonical text columns to their values before decoding (binary input).
+    """
     reasons = pa.chunked_array([pa.nulls(len(table), pa.string())])
+    if FIRST_STAGE_SCORE in table.column_names:
+        nan = pc.fill_null(pc.is_nan(table[FIRST_STAGE_SCORE]), False)
+        reasons = pc.if_else(nan, pa.scalar("first-stage score is NaN"), reasons)
     for column, is_text, reason in reversed(CHECKS):
         reasons = pc.if_else(_bad(table[column], is_text), pa.scalar(reason), reasons)
+        if raw and column in raw:
+            not_utf8 = _not_utf8(raw[column], table[column])
+            reasons = pc.if_else(not_utf8, pa.scalar(f"{column} is not valid UTF-8"), reasons)
     return reasons
 
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Callable for map_batches(batch_format="pyarrow")."""
+    """Callable for map_batches(batch_format="pyarrow").
+
+    `shards` maps each input file's path (as read_parquet reports it) to its index,
+    stored per pair in `_shard`; `_units` on an input row's first pair says how many
+    pairs that row yielded (see jobs.checkpoints.ShardAssembler).
+    """
 
     cfg: InputConfig
+    shards: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         c = self.cfg.columns
+        units = np.ones(len(batch), dtype=np.int32)
+        empty = None
         if self.cfg.layout == "nested":
-            batch = self._explode(batch)
+            batch, units, empty = self._explode(batch)
+        raw = {QUERY: batch[c.query], DOC: batch[c.doc]}
         cols = {
-            QUERY_ID: _as_id(batch[c.query_id]), QUERY: _as_string(batch[c.query]),
-            DOC_ID: _as_id(batch[c.doc_id]), DOC: _as_string(batch[c.doc]),
+            QUERY_ID: _as_id(batch[c.query_id]), QUERY: _as_string(raw[QUERY]),
+            DOC_ID: _as_id(batch[c.doc_id]), DOC: _as_string(raw[DOC]),
         }
         if c.score:
             cols[FIRST_STAGE_SCORE] = batch[c.score].cast(pa.float64())
@@ -86,25 +125,60 @@ class Normalizer:
         for name in self.cfg.extra_columns:
             cols[name] = batch[name]
         table = pa.table(cols)
-        reasons = skip_reasons(table)
-        if reasons.null_count < len(table) and self.cfg.on_invalid == "error":
+        reasons = skip_reasons(table, raw)
+        if empty is not None:  # rows for queries without candidates: quarantined, never an error
+            reasons = pc.if_else(pa.array(empty), pa.scalar(NO_CANDIDATES), reasons)
+        if self.cfg.on_invalid == "error" and pc.any(self._errors(reasons)).as_py():
             raise InputError(self._describe(table, reasons, batch))
-        return table.append_column(SKIP_REASON, reasons)
+        return (table.append_column(SKIP_REASON, reasons)
+                .append_column(SHARD, self._shard_column(batch))
+                .append_column(UNITS, pa.array(units, pa.int32())))
 
-    def _explode(self, batch: pa.Table) -> pa.Table:
-        """One row per query with a candidates list -> one row per (query, candidate)."""
+    @staticmethod
+    def _errors(reasons: pa.ChunkedArray) -> pa.ChunkedArray:
+        """True where a row is invalid (a query without candidates is not an error)."""
+        return pc.fill_null(pc.not_equal(reasons, NO_CANDIDATES), False)
+
+    def _shard_column(self, batch: pa.Table) -> pa.Array:
+        if not self.shards:
+            return pa.array(np.zeros(len(batch), dtype=np.int32))
+        paths = batch[PATH_COLUMN].combine_chunks().dictionary_encode()
+        index = []
+        for path in paths.dictionary.to_pylist():
+            if path not in self.shards:
+                raise RuntimeError(f"read_parquet reported path {path!r}, not among the input files")
+            index.append(self.shards[path])
+        return pa.array(np.asarray(index, dtype=np.int32)[paths.indices.to_numpy(zero_copy_only=False)])
+
+    def _explode(self, batch: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """One row per query with a candidates list -> one row per (query, candidate).
+
+        A query with a null or empty list yields one row with null doc_id and doc, marked
+        `empty`, so it is counted and quarantined rather than lost. Returns the rows,
+        `_units` per row, and the `empty` mask.
+        """
         c = self.cfg.columns
         cands = batch[c.candidates].combine_chunks()
+        lengths = pc.fill_null(pc.list_value_length(cands), 0).to_numpy(zero_copy_only=False)
+        parents = pc.list_parent_indices(cands).to_numpy(zero_copy_only=False)
+        no_cands = np.flatnonzero(lengths == 0)
         items = pc.list_flatten(cands)
-        table = batch.drop_columns([c.candidates]).take(pc.list_parent_indices(cands))
+        take = np.concatenate([parents, no_cands]).astype(np.int64)
+        table = batch.drop_columns([c.candidates]).take(pa.array(take))
+        placeholder = pa.nulls(len(no_cands), items.type)
+        items = pa.concat_arrays([items, placeholder]) if len(no_cands) else items
         inner = [f.name for f in cands.type.value_type]
         wanted = [c.doc_id, c.doc, c.score, c.rank, c.instruction, *self.cfg.extra_columns]
         for name in dict.fromkeys(n for n in wanted if n in inner and n not in table.column_names):
             table = table.append_column(name, pc.struct_field(items, name))
-        return table
+        first = np.ones(len(parents), dtype=bool)
+        first[1:] = parents[1:] != parents[:-1]
+        units = np.concatenate([np.where(first, lengths[parents], 0), np.ones(len(no_cands))]).astype(np.int32)
+        empty = np.concatenate([np.zeros(len(parents), dtype=bool), np.ones(len(no_cands), dtype=bool)])
+        return table, units, empty
 
     def _describe(self, table: pa.Table, reasons: pa.ChunkedArray, batch: pa.Table) -> str:
-        bad = pc.is_valid(reasons)
+        bad = self._errors(reasons)
         rows = table.filter(bad).slice(0, MAX_LISTED).to_pylist()
         why = reasons.filter(bad).slice(0, MAX_LISTED).to_pylist()
         files = batch[PATH_COLUMN].filter(bad).to_pylist() if PATH_COLUMN in batch.column_names \
@@ -113,7 +187,7 @@ class Normalizer:
             f"{f + ': ' if f else ''}(query_id={r[QUERY_ID]!r}, doc_id={r[DOC_ID]!r}): {w}"
             for r, w, f in zip(rows, why, files)
         ]
-        total = len(table) - reasons.null_count
+        total = pc.sum(bad).as_py()
         return (
             f"{total} invalid pair(s) in one input block (showing up to {MAX_LISTED}):\n  - "
             + "\n  - ".join(lines)

@@ -2,7 +2,10 @@
 
 Layout of output.path after a successful run:
     part-00000.parquet ...   the ranked rows (what pyarrow.dataset / Spark read)
+    _quarantine/*.parquet    skipped pairs: ids, reason, input file (when there are any)
+    _run_report.json/.txt    counts, stage times, model, inputs, versions
     _SUCCESS                 JSON: run id, row count, files; written last
+    _checkpoints/            per-input-file scores of an unfinished run (jobs.checkpoints)
 Everything the job writes besides the ranked rows starts with `_`, so readers that
 follow the Spark/pyarrow convention see exactly the ranked rows. A rerun replaces the
 previous run's part files (never appends), and a failed run leaves them as they were.
@@ -25,6 +28,10 @@ from jobs.errors import UserError
 PART_FILE = re.compile(r"^part-\d{5,}\.parquet$")
 SUCCESS = "_SUCCESS"
 STAGING = "_staging"
+QUARANTINE = "_quarantine"
+REPORT_JSON = "_run_report.json"
+REPORT_TEXT = "_run_report.txt"
+SIDE_OUTPUTS = (QUARANTINE, REPORT_JSON, REPORT_TEXT)  # replaced together with the part files
 
 
 class OutputError(UserError):
@@ -92,12 +99,14 @@ class OutputDir:
             self.abort()
             raise OutputError(f"output.path {self.url!r} is not writable: {e}") from e
 
-    def commit(self, staged_dir: str, marker: dict[str, Any]) -> list[str]:
-        """Swap the staged part files in for the previous run's, then write _SUCCESS last.
+    def commit(self, staged_dir: str, marker: dict[str, Any], side: dict[str, str] | None = None) -> list[str]:
+        """Swap the staged part files and side outputs in for the previous run's, then
+        write _SUCCESS last.
 
-        The previous part files are first moved aside into this run's staging; if anything
-        fails before _SUCCESS is written, they are moved back, so the last good output
-        survives a failed commit. Readers that wait for _SUCCESS never see a mix.
+        `side` maps names in SIDE_OUTPUTS to a staged file or directory. The previous
+        run's part files and side outputs are first moved aside into this run's staging;
+        if anything fails before _SUCCESS is written, they are moved back, so the last
+        good output survives a failed commit. Readers that wait for _SUCCESS never see a mix.
         """
         staged = sorted(p for p in self.fs.find(staged_dir) if p.endswith(".parquet"))
         success = self.path(SUCCESS)
@@ -109,15 +118,17 @@ class OutputDir:
             if old_marker is not None:
                 self.fs.rm(success)
             self.fs.makedirs(aside_dir, exist_ok=True)
-            for old in self.data_files():
-                aside = posixpath.join(aside_dir, posixpath.basename(old))
-                self.fs.mv(old, aside)
-                moved_aside.append((old, aside))
-            for i, src in enumerate(staged):
-                dst = self.path(f"part-{i:05d}.parquet")
-                self.fs.mv(src, dst)
+            old = self.data_files() + [self.path(n) for n in SIDE_OUTPUTS if self.fs.exists(self.path(n))]
+            for path in old:
+                aside = posixpath.join(aside_dir, posixpath.basename(path))
+                self.fs.mv(path, aside, recursive=True)
+                moved_aside.append((path, aside))
+            moves = [(src, self.path(f"part-{i:05d}.parquet")) for i, src in enumerate(staged)]
+            moves += [(src, self.path(name)) for name, src in (side or {}).items()]
+            for src, dst in moves:
+                self.fs.mv(src, dst, recursive=True)
                 placed.append(dst)
-            names = [posixpath.basename(p) for p in placed]
+            names = [posixpath.basename(p) for p in placed if PART_FILE.match(posixpath.basename(p))]
             with self.fs.open(success, "w") as f:
                 json.dump({**marker, "run_id": self.run_id, "files": names}, f, indent=2)
         except BaseException:
@@ -129,9 +140,9 @@ class OutputDir:
     def _restore(self, placed: list[str], moved_aside: list[tuple[str, str]], old_marker: bytes | None) -> None:
         for path in placed:
             if self.fs.exists(path):
-                self.fs.rm(path)
+                self.fs.rm(path, recursive=True)
         for original, aside in moved_aside:
-            self.fs.mv(aside, original)
+            self.fs.mv(aside, original, recursive=True)
         if old_marker is not None:
             self.fs.pipe_file(self.path(SUCCESS), old_marker)
 

@@ -15,6 +15,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from jobs.config import ActorConfig, RayConfig
 from jobs.errors import ConfigError
+from reranker_actors.faults import ENV as FAULTS_ENV
 
 # A Ray the job starts for itself stays on loopback with auth off (see RAY_NOTES.md).
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
@@ -29,13 +30,15 @@ def ray_session(cfg: RayConfig) -> Iterator[str]:
         yield "existing Ray session"
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # Tests inject faults into workers through this variable; it travels with the job.
+    runtime_env = {"env_vars": {FAULTS_ENV: os.environ[FAULTS_ENV]}} if FAULTS_ENV in os.environ else None
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
         where = f"Ray cluster at {address}"
     else:
         for key, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(key, value)
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, runtime_env=runtime_env)
         where = "local Ray (started by this job)"
     try:
         yield where
@@ -90,6 +93,10 @@ def actor_pool_args(actor: ActorConfig, constructor_kwargs: dict[str, Any]) -> d
         batch_size=actor.batch_size,
         num_cpus=actor.num_cpus,
         fn_constructor_kwargs=constructor_kwargs,
+        # A dead actor (OOM kill, node lost) is restarted and its batch retried, a bounded
+        # number of times, so a deterministic crash cannot loop forever.
+        max_restarts=actor.max_restarts,
+        max_task_retries=actor.max_task_retries,
     )
     if actor.num_gpus:
         args["num_gpus"] = actor.num_gpus

@@ -17,3 +17,6 @@ DTYPE = "_dtype"  # the dtype the actor that scored the row resolved (auto -> fl
 
 # The ranked output, in this order, followed by the configured extra columns.
 OUTPUT_COLUMNS = (QUERY_ID, DOC_ID, SCORE, RANK, FIRST_STAGE_SCORE, FIRST_STAGE_RANK, MODEL)
+SHARD = "_shard"  # index of the row's input file among this run's pending files
+UNITS = "_units"  # on an input row's first pair: how many pairs that row yielded; else 0
+TRUNCATED = "_truncated"  # pairs the actor truncated in this batch, on the batch's first row

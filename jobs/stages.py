@@ -1,9 +1,11 @@
 """The Ray Data pipelines of a rerank job, and the counts read back from what they wrote.
 
-score:  read_parquet -> Normalizer (tasks) -> ScoreActor (actor pool) -> scored staging
-rank:   scored staging -> drop skipped -> map_groups(query_id, Ranker) -> ranked staging
-The scored staging holds ids, scores and pass-through columns (no texts), so the
-shuffle that gathers each query's candidates moves little data.
+score:  read_parquet (files without a checkpoint) -> Normalizer (tasks) -> ScoreActor
+        (actor pool) -> driver: ShardAssembler -> one checkpoint per input file
+rank:   checkpoints -> drop skipped -> map_groups(query_id, Ranker) -> ranked staging
+quarantine: checkpoints -> skipped rows with their reason and input file
+Checkpoints hold ids, scores and pass-through columns (no texts), so the driver and
+the shuffle that gathers each query's candidates move little data.
 """
 
 from __future__ import annotations
@@ -18,41 +20,87 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
 
+from jobs.checkpoints import Checkpoints, ShardAssembler, ShardEntry, shard_id
 from jobs.config import JobConfig
 from jobs.fs import arrow_filesystem
 from jobs.inputs import Inputs
-from jobs.normalize import PATH_COLUMN, Normalizer
+from jobs.normalize import Normalizer
 from jobs.ranking import Ranker, rank_queries
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
-from jobs.schema import DTYPE, QUERY_ID, RANK, SCORE, SKIP_REASON
+from jobs.schema import QUERY_ID, RANK, SKIP_REASON
 from reranker_actors.actor import ScoreActor
 
 ROWS_PER_RANK_PARTITION = 1_000_000
 
 
-def score_pairs(inputs: Inputs, cfg: JobConfig, dest: str, fs: fsspec.AbstractFileSystem) -> None:
-    threads = cfg.actor.threads or max(1, round(cfg.actor.num_cpus))
-    with actor_pool_deadline(cfg.actor):  # (a dataset keeps the DataContext of its creation)
-        ds = ray.data.read_parquet(
-            inputs.paths, filesystem=ray_filesystem(inputs.fs), columns=inputs.columns,
-            include_paths=PATH_COLUMN not in inputs.columns,
-        )
-        ds = ds.map_batches(Normalizer(cfg.input), batch_format="pyarrow")
-        ds = ds.map_batches(
-            ScoreActor, batch_format="pyarrow",
-            **actor_pool_args(cfg.actor, {
-                "reranker": cfg.reranker.model_dump(), "expect_gpu": cfg.actor.num_gpus > 0,
-                "threads": threads,
-            }),
-        )
-        ds.write_parquet(dest, filesystem=ray_filesystem(fs))
+@dataclass(frozen=True)
+class Scored:
+    """What the score stage left in the checkpoints, one manifest entry per input file."""
+
+    shard_ids: list[str]
+    entries: list[ShardEntry]
+    resumed: int  # input files whose checkpoint an earlier run wrote
+    scored_now: int  # pairs this run sent through the model
+
+    @property
+    def pairs(self) -> int:
+        return sum(e.rows for e in self.entries)
+
+    @property
+    def skipped(self) -> int:
+        return sum(e.skipped for e in self.entries)
+
+    @property
+    def scored(self) -> int:
+        return self.pairs - self.skipped
+
+    @property
+    def truncated(self) -> int:
+        return sum(e.truncated for e in self.entries)
+
+    @property
+    def dtypes(self) -> list[str]:
+        return sorted({d for e in self.entries for d in e.dtypes})
+
+
+def score_pairs(inputs: Inputs, cfg: JobConfig, checkpoints: Checkpoints) -> Scored:
+    """Score every input file that has no checkpoint yet; checkpoint each as it completes."""
+    ids = [shard_id(inputs.fs, f) for f in inputs.files]
+    done = {sid: e for sid in ids if (e := checkpoints.completed(sid)) is not None}
+    pending = [(sid, f) for sid, f in zip(ids, inputs.files) if sid not in done]
+    scored_now = 0
+    if pending:
+        files = [f for _, f in pending]
+        threads = cfg.actor.threads or max(1, round(cfg.actor.num_cpus))
+        with actor_pool_deadline(cfg.actor):  # (a dataset keeps the DataContext of its creation)
+            ds = ray.data.read_parquet(
+                [f.path for f in files], filesystem=ray_filesystem(inputs.fs), columns=inputs.columns,
+                include_paths=True,
+            )
+            ds = ds.map_batches(Normalizer(cfg.input, {f.path: i for i, f in enumerate(files)}),
+                                batch_format="pyarrow")
+            ds = ds.map_batches(
+                ScoreActor, batch_format="pyarrow",
+                **actor_pool_args(cfg.actor, {
+                    "reranker": cfg.reranker.model_dump(), "expect_gpu": cfg.actor.num_gpus > 0,
+                    "threads": threads, "on_invalid": cfg.input.on_invalid,
+                }),
+            )
+            assembler = ShardAssembler(files)
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                for index, table in assembler.add(batch):
+                    sid, file = pending[index]
+                    done[sid] = checkpoints.write(sid, file, table)
+                    scored_now += done[sid].rows - done[sid].skipped
+            assembler.check_complete()
+    return Scored(ids, [done[s] for s in ids], len(inputs.files) - len(pending), scored_now)
 
 
 def _drop_skipped(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch[SKIP_REASON])).drop_columns([SKIP_REASON, DTYPE])
+    return batch.filter(pc.is_null(batch[SKIP_REASON])).drop_columns([SKIP_REASON])
 
 
-def rank_pairs(cfg: JobConfig, scored: str, dest: str, fs: fsspec.AbstractFileSystem,
+def rank_pairs(cfg: JobConfig, scored: list[str], dest: str, fs: fsspec.AbstractFileSystem,
                num_pairs: int) -> None:
     ranker = Ranker(
         model=cfg.reranker.model, top_k=cfg.rank.top_k, on_duplicate=cfg.input.on_duplicate,
@@ -67,17 +115,6 @@ def rank_pairs(cfg: JobConfig, scored: str, dest: str, fs: fsspec.AbstractFileSy
     ds.write_parquet(dest, filesystem=ray_filesystem(fs))
 
 
-@dataclass(frozen=True)
-class ScoredCounts:
-    pairs: int  # all pairs read (after exploding nested rows)
-    skipped: int  # invalid pairs dropped under on_invalid: skip
-    dtypes: tuple[str, ...]  # the dtypes the actors resolved
-
-    @property
-    def scored(self) -> int:
-        return self.pairs - self.skipped
-
-
 def parquet_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
     return sorted(p for p in fs.find(directory) if p.endswith(".parquet")) if fs.exists(directory) else []
 
@@ -88,26 +125,6 @@ def footers(fs: fsspec.AbstractFileSystem, files: list[str]) -> list[pq.FileMeta
         with fs.open(path, "rb") as f:
             out.append(pq.ParquetFile(f).metadata)
     return out
-
-
-def _column_stats(meta: pq.FileMetaData, name: str) -> list[pq.Statistics]:
-    col = meta.schema.names.index(name)
-    stats = [meta.row_group(i).column(col).statistics for i in range(meta.num_row_groups)]
-    if any(s is None or not s.has_null_count for s in stats):
-        raise RuntimeError(f"Parquet written without statistics for column {name!r}")
-    return stats
-
-
-def count_scored(fs: fsspec.AbstractFileSystem, directory: str) -> ScoredCounts:
-    """Counts from the scored staging's footers: rows, null scores (= skipped), and the
-    dtypes actors used (min/max statistics of the constant-per-batch `_dtype` column)."""
-    pairs = skipped = 0
-    dtypes: set[str] = set()
-    for meta in footers(fs, parquet_files(fs, directory)):
-        pairs += meta.num_rows
-        skipped += sum(s.null_count for s in _column_stats(meta, SCORE))
-        dtypes |= {v for s in _column_stats(meta, DTYPE) if s.has_min_max for v in (s.min, s.max)}
-    return ScoredCounts(pairs, skipped, tuple(sorted(dtypes)))
 
 
 def footer_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:

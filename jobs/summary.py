@@ -1,48 +1,82 @@
-"""The one-screen summary a run ends with (also stored in the _SUCCESS marker)."""
+"""The run report: `_run_report.json` next to the output, and the one-screen text a run
+ends with (also `_run_report.txt`). It holds ids, counts and settings, never texts or
+credentials."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from dataclasses import asdict, dataclass, field
+
+LIBRARIES = ("batch-rerank", "ray", "torch", "transformers", "pyarrow", "s3fs", "fsspec")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 @dataclass
 class RunSummary:
     ray: str
     input: str
-    input_files: int
-    pairs: int
-    skipped: int
+    input_files: list[dict]  # url, size, rows of every input file
+    pairs: int  # pairs read (nested rows exploded; a query without candidates counts 1)
+    skipped: int  # pairs not scored: invalid input or scoring failed; all quarantined
+    quarantined: int  # rows written to _quarantine/
+    truncated: int  # scored pairs whose query or doc was cut to max_length
     queries: int
     rows_out: int
     output: str
     files_out: int
     model: str
+    revision: str | None
     backend: str
     dtype: str
+    config_hash: str
+    resumed_files: int = 0  # input files taken from an earlier run's checkpoints
+    scored_now: int = 0  # pairs this run sent through the model
+    run_id: str = ""
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> mean metrics
     eval_queries: int = 0
+    versions: dict[str, str] = field(default_factory=versions)
 
     @property
     def scored(self) -> int:
         return self.pairs - self.skipped
 
+    def pairs_per_s(self) -> dict[str, float]:
+        """Per stage: pairs handled per second (score: pairs this run scored)."""
+        handled = {"score": self.scored_now, "rank": self.scored}
+        return {stage: round(handled[stage] / s, 2) for stage, s in self.seconds.items()
+                if stage in handled and s > 0}
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "scored": self.scored, "pairs_per_s": self.pairs_per_s()}
 
     def render(self) -> str:
         score_s = self.seconds.get("score", 0.0)
-        rate = self.scored / score_s if score_s > 0 else 0.0
+        rate = self.pairs_per_s().get("score", 0.0)
+        resumed = f", {self.resumed_files} resumed from checkpoints" if self.resumed_files else ""
         lines = [
             f"batch-rerank finished in {sum(self.seconds.values()):.1f} s on {self.ray}",
-            f"  input     {self.input} ({self.input_files} file(s))",
+            f"  input     {self.input} ({len(self.input_files)} file(s){resumed})",
             f"  queries   {self.queries:,}",
-            f"  pairs     {self.pairs:,} read, {self.scored:,} scored, {self.skipped:,} skipped as invalid",
+            f"  pairs     {self.pairs:,} read, {self.scored:,} scored ({self.scored_now:,} in this run), "
+            f"{self.skipped:,} skipped, {self.truncated:,} truncated",
             f"  model     {self.model} ({self.backend}, dtype {self.dtype})",
             f"  speed     {rate:,.1f} pairs/s over the score stage ({score_s:.1f} s)",
             "  stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()),
             f"  output    {self.output} ({self.rows_out:,} rows in {self.files_out} file(s))",
         ]
+        if self.quarantined:
+            lines.append(f"  quarantine {self.quarantined:,} pair(s) with reasons in {self.output}/_quarantine/")
         for stage, m in self.metrics.items():
             shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items())
             lines.append(f"  eval      {stage}: {shown}  ({self.eval_queries} queries with qrels)")

@@ -9,20 +9,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from jobs.errors import ModelError, UserError
-from jobs.schema import DOC, DOC_ID, DTYPE, INSTRUCTION, QUERY, QUERY_ID, SCORE, SKIP_REASON
+from jobs.errors import InputError, ModelError, UserError
+from jobs.schema import DOC, DOC_ID, DTYPE, INSTRUCTION, QUERY, QUERY_ID, SCORE, SKIP_REASON, TRUNCATED
 from reranker_actors.device import pick_device
+from reranker_actors.faults import Faults
 from reranker_actors.registry import build_reranker
+
+MAX_LISTED = 5
+# A batch where more than this share of rows fail alone is a broken model or device,
+# not bad rows: the job stops instead of quarantining everything.
+MAX_FAILING_SHARE = 0.5
 
 
 class ScoreActor:
-    """map_batches(ScoreActor, batch_format="pyarrow"): adds `score` and `_dtype`, drops the texts.
+    """map_batches(ScoreActor, batch_format="pyarrow"): adds `score`, `_dtype` and
+    `_truncated`, drops the texts.
 
-    Rows with a skip reason are not scored (their score is null).
+    Rows with a skip reason are not scored (their score is null). A row that makes
+    scoring raise is found by bisection and, under on_invalid: skip, gets the error as
+    its skip reason; under on_invalid: error the job stops naming it.
     """
 
-    def __init__(self, reranker: dict[str, Any], expect_gpu: bool, threads: int) -> None:
+    def __init__(self, reranker: dict[str, Any], expect_gpu: bool, threads: int, on_invalid: str) -> None:
         torch.set_num_threads(threads)
+        self.on_invalid = on_invalid
+        self.faults = Faults.from_env()
         self.failed: UserError | None = None
         try:
             self.device = pick_device(expect_gpu)
@@ -35,20 +46,70 @@ class ScoreActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.failed is not None:
             raise self.failed
+        if self.faults:
+            self.faults.before_batch()
         valid = pc.is_null(batch[SKIP_REASON]).to_numpy(zero_copy_only=False)
+        reasons = batch[SKIP_REASON].to_pylist()
         scores = np.zeros(len(batch), dtype=np.float32)
+        truncated_before = self.reranker.truncated
         if valid.any():
-            rows = batch.filter(pa.array(valid)) if not valid.all() else batch
-            instructions = rows[INSTRUCTION].to_pylist() if INSTRUCTION in rows.column_names else None
-            scores[valid] = self.reranker.score(rows[QUERY].to_pylist(), rows[DOC].to_pylist(), instructions)
+            rows = np.flatnonzero(valid)
+            errors: dict[int, str] = {}
+            scores[rows] = self._isolating(batch, rows, errors)
+            if errors:
+                self._quarantine_or_raise(batch, errors, len(rows))
+                for i, why in errors.items():
+                    valid[i], reasons[i] = False, why
             nan = np.isnan(scores) & valid
             if nan.any():
                 raise ModelError(self._nan_message(batch, nan))
-        score = pa.array(scores, mask=~valid)
+        truncated = np.zeros(len(batch), dtype=np.int32)
+        truncated[:1] = self.reranker.truncated - truncated_before
         texts = [c for c in (QUERY, DOC, INSTRUCTION) if c in batch.column_names]
         dtype = str(self.reranker.dtype).removeprefix("torch.")
-        return (batch.drop_columns(texts).append_column(SCORE, score)
-                .append_column(DTYPE, pa.array([dtype] * len(batch), pa.string())))
+        return (batch.drop_columns([*texts, SKIP_REASON])
+                .append_column(SKIP_REASON, pa.array(reasons, pa.string()))
+                .append_column(SCORE, pa.array(scores, mask=~valid))
+                .append_column(DTYPE, pa.array([dtype] * len(batch), pa.string()))
+                .append_column(TRUNCATED, pa.array(truncated)))
+
+    def _score(self, batch: pa.Table, rows: np.ndarray) -> np.ndarray:
+        part = batch.take(pa.array(rows))
+        if self.faults:
+            self.faults.check_rows(part[DOC_ID].to_pylist())
+        instructions = part[INSTRUCTION].to_pylist() if INSTRUCTION in part.column_names else None
+        return self.reranker.score(part[QUERY].to_pylist(), part[DOC].to_pylist(), instructions)
+
+    def _isolating(self, batch: pa.Table, rows: np.ndarray, errors: dict[int, str]) -> np.ndarray:
+        """Scores of `rows`; rows that fail alone go into `errors` (score NaN), by bisection."""
+        try:
+            return self._score(batch, rows)
+        except (UserError, MemoryError, torch.OutOfMemoryError):
+            raise  # not a property of a row
+        except Exception as e:  # noqa: BLE001 - isolated below, or re-raised if systemic
+            if len(rows) == 1:
+                errors[int(rows[0])] = f"scoring failed: {type(e).__name__}: {e}"
+                return np.full(1, np.nan, dtype=np.float32)
+            half = len(rows) // 2
+            return np.concatenate([self._isolating(batch, rows[:half], errors),
+                                   self._isolating(batch, rows[half:], errors)])
+
+    def _quarantine_or_raise(self, batch: pa.Table, errors: dict[int, str], scored: int) -> None:
+        listed = [f"(query_id={batch[QUERY_ID][i].as_py()!r}, doc_id={batch[DOC_ID][i].as_py()!r}): {why}"
+                  for i, why in list(errors.items())[:MAX_LISTED]]
+        if len(errors) > max(1, MAX_FAILING_SHARE * scored):
+            raise ModelError(
+                f"model {self.reranker.config.model!r} failed on {len(errors)} of {scored} pairs of a "
+                "batch, each alone; that is a broken model or device, not bad rows:\n  - "
+                + "\n  - ".join(listed)
+            )
+        if self.on_invalid == "skip":
+            return
+        raise InputError(
+            f"{len(errors)} pair(s) make the model raise (showing up to {MAX_LISTED}):\n  - "
+            + "\n  - ".join(listed)
+            + "\nFix these rows, or set input.on_invalid: skip to quarantine them and finish the run."
+        )
 
     def _nan_message(self, batch: pa.Table, nan: np.ndarray) -> str:
         rows = batch.filter(pa.array(nan)).select([QUERY_ID, DOC_ID]).slice(0, 5).to_pylist()

@@ -64,6 +64,12 @@ def write_shards(directory: Path, tables: list[pa.Table], row_group_size: int | 
     return directory
 
 
+def published(out: Path) -> bool:
+    """Whether a run published anything readers would see (part files or _SUCCESS).
+    A failed run may leave `_checkpoints/` behind: hidden, and what a rerun resumes from."""
+    return (out / "_SUCCESS").exists() or any(out.glob("part-*.parquet"))
+
+
 def write_config(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path

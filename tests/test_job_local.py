@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 
 from jobs.config import load_config
 from jobs.errors import ConfigError, InputError
 from jobs.rerank import main, run
 from reranker_actors.registry import build_reranker
-from tests.conftest import job_config, sample_pairs, write_config, write_shards
+from tests.conftest import job_config, published, sample_pairs, write_config, write_shards
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -76,7 +79,7 @@ def test_every_pair_scored_once_ranked_and_passed_through(tmp_path: Path, tiny_b
                      actor={"batch_size": 40})
     assert main(["--config", str(write_config(tmp_path / "job.yaml", cfg))]) == 0
     summary = capsys.readouterr().out
-    assert "queries   22" in summary and "606 read, 606 scored, 0 skipped" in summary
+    assert "queries   22" in summary and "606 read, 606 scored (606 in this run), 0 skipped" in summary
 
     out = read_output(tmp_path / "out")
     assert out.column_names == ["query_id", "doc_id", "score", "rank", "first_stage_score",
@@ -98,7 +101,17 @@ def test_every_pair_scored_once_ranked_and_passed_through(tmp_path: Path, tiny_b
     ties = out.filter(pc.equal(out["query_id"], "tie")).sort_by("rank")
     assert ties["doc_id"].to_pylist() == ["t-a", "t-b", "t-c"]
     assert len(set(ties["score"].to_pylist())) == 1
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("_")) == ["_SUCCESS"]
+    hidden = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("_"))
+    assert hidden == ["_SUCCESS", "_run_report.json", "_run_report.txt"]  # checkpoints removed
+    report = json.loads((tmp_path / "out" / "_run_report.json").read_text())
+    assert (report["pairs"], report["scored_now"], report["rows_out"], report["queries"]) == (606, 606, 606, 22)
+    assert [f["rows"] for f in report["input_files"]] == [pq.ParquetFile(f).metadata.num_rows
+                                                          for f in sorted(in_dir.glob("*.parquet"))]
+    assert report["versions"]["ray"] == ray.__version__ and report["dtype"] == "float32"
+    assert report["truncated"] > 0  # max_length 128: many Cranfield abstracts are longer
+    text = (tmp_path / "out" / "_run_report.txt").read_text()
+    same = [line for line in summary.splitlines() if line.startswith(("  queries", "  pairs", "  output"))]
+    assert len(same) == 3 and all(line in text for line in same)  # (times differ: commit ran after)
 
 
 def test_rerun_into_the_same_output_never_duplicates(tmp_path: Path, tiny_bert_dir: str) -> None:
@@ -151,7 +164,7 @@ def test_null_or_empty_text_fails_naming_pairs_and_writes_nothing(tmp_path: Path
     err = find_user_error(e.value)
     assert isinstance(err, InputError)
     assert "doc is null or empty" in str(err) and "shard-" in str(err) and "doc_id=" in str(err)
-    assert not (tmp_path / "out").exists()
+    assert not published(tmp_path / "out")
 
 
 def test_skip_drops_and_counts_invalid_pairs(tmp_path: Path, tiny_bert_dir: str) -> None:
@@ -170,7 +183,7 @@ def test_duplicates_fail_by_default_and_dedupe_on_request(tmp_path: Path, tiny_b
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "batch-rerank: error: found 2 extra cop" in err and "on_duplicate: dedupe" in err
-    assert not (tmp_path / "out").exists()
+    assert not published(tmp_path / "out")
     summary = run(load_config(path, ["input.on_duplicate=dedupe"]))
     assert summary.rows_out == 30
     out = read_output(tmp_path / "out")

@@ -1,0 +1,45 @@
+"""The quarantine: every pair the job did not score, with its reason and input file.
+
+Written per input file from the checkpoints, staged, and published with the ranked
+rows as `_quarantine/part-NNNNN.parquet` (see jobs.output).
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.checkpoints import Checkpoints
+from jobs.schema import DOC_ID, QUERY_ID, SCORE, SKIP_REASON
+from jobs.stages import Scored
+
+REASON = "reason"
+INPUT_FILE = "input_file"
+
+
+def write_quarantine(fs: fsspec.AbstractFileSystem, checkpoints: Checkpoints, scored: Scored,
+                     dest: str) -> int:
+    """Write the skipped pairs of every input file under `dest`; return how many."""
+    total = 0
+    files = checkpoints.shard_files(scored.shard_ids)
+    for i, (path, entry) in enumerate(zip(files, scored.entries)):
+        if not entry.skipped:
+            continue
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        table = table.filter(pc.is_valid(table[SKIP_REASON])).drop_columns([SCORE])
+        rest = [c for c in table.column_names if c not in (QUERY_ID, DOC_ID, SKIP_REASON)]
+        table = pa.table({
+            QUERY_ID: table[QUERY_ID], DOC_ID: table[DOC_ID], REASON: table[SKIP_REASON],
+            INPUT_FILE: pa.array([entry.input] * len(table), pa.string()),
+            **{c: table[c] for c in rest},
+        })
+        fs.makedirs(dest, exist_ok=True)
+        with fs.open(posixpath.join(dest, f"part-{i:05d}.parquet"), "wb") as f:
+            pq.write_table(table, f)
+        total += len(table)
+    return total

@@ -1,0 +1,57 @@
+"""Fault injection for tests only: makes an actor die, stall, or fail on a row, on purpose.
+
+Enabled by the environment variable BATCH_RERANK_TEST_FAULTS holding JSON, e.g.
+    {"sleep_per_batch": 0.5}                       slow every batch down
+    {"kill_on_call": 2, "marker_dir": "/tmp/f"}    the actor process exits on its 2nd call,
+                                                   once per marker_dir across all actors
+    {"raise_on_doc_id": "d7"}                      scoring raises for any batch holding d7
+The job forwards the variable to its workers (runtime_env). Unset, nothing here runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ENV = "BATCH_RERANK_TEST_FAULTS"
+
+
+class InjectedFault(ValueError):
+    """The error a row named by raise_on_doc_id makes scoring raise."""
+
+
+@dataclass
+class Faults:
+    sleep_per_batch: float = 0.0
+    kill_on_call: int | None = None
+    marker_dir: str | None = None
+    raise_on_doc_id: str | None = None
+    calls: int = 0
+
+    @classmethod
+    def from_env(cls) -> Faults | None:
+        raw = os.environ.get(ENV)
+        return cls(**json.loads(raw)) if raw else None
+
+    def before_batch(self) -> None:
+        self.calls += 1
+        if self.sleep_per_batch:
+            time.sleep(self.sleep_per_batch)
+        if self.kill_on_call == self.calls and self._first_kill():
+            os._exit(17)  # as abrupt as an OOM kill: no cleanup, no exception
+
+    def _first_kill(self) -> bool:
+        if self.marker_dir is None:
+            return True
+        try:
+            os.close(os.open(os.path.join(self.marker_dir, "killed"), os.O_CREAT | os.O_EXCL))
+            return True
+        except FileExistsError:
+            return False
+
+    def check_rows(self, doc_ids: Sequence[str]) -> None:
+        if self.raise_on_doc_id is not None and self.raise_on_doc_id in doc_ids:
+            raise InjectedFault(f"injected failure for doc_id {self.raise_on_doc_id!r}")
