@@ -11,6 +11,9 @@ A shard counts as done only when its manifest entry exists and the shard file's 
 matches it. A shard file is written whole (local: temp name, then rename; S3: one PUT),
 so a crash leaves at worst a shard without a manifest entry, which the rerun rewrites.
 `_checkpoints/` is removed after a successful commit.
+
+Granularity: Ray Data packs small Parquet files into one read task (up to
+RAY_DATA_PARQUET_BIN_PACKING_BYTES, 128 MiB); files read together complete together.
 """
 
 from __future__ import annotations

@@ -21,6 +21,19 @@ MAX_LISTED = 5
 MAX_FAILING_SHARE = 0.5
 
 
+MAX_REASON_CHARS = 300
+
+
+def _without_texts(e: Exception, batch: pa.Table, row: int) -> str:
+    """The error message with the row's texts masked: reasons end up in logs and the
+    quarantine, which must carry ids, never query or document texts."""
+    message = str(e)
+    for column in (QUERY, DOC, INSTRUCTION):
+        if column in batch.column_names and (text := batch[column][row].as_py()):
+            message = message.replace(text, f"<{column.strip('_')}>")
+    return message[:MAX_REASON_CHARS]
+
+
 class ScoreActor:
     """map_batches(ScoreActor, batch_format="pyarrow"): adds `score`, `_dtype` and
     `_truncated`, drops the texts.
@@ -56,6 +69,8 @@ class ScoreActor:
             rows = np.flatnonzero(valid)
             errors: dict[int, str] = {}
             scores[rows] = self._isolating(batch, rows, errors)
+            if self.faults:
+                self.faults.scored(len(rows))
             if errors:
                 self._quarantine_or_raise(batch, errors, len(rows))
                 for i, why in errors.items():
@@ -88,7 +103,7 @@ class ScoreActor:
             raise  # not a property of a row
         except Exception as e:  # noqa: BLE001 - isolated below, or re-raised if systemic
             if len(rows) == 1:
-                errors[int(rows[0])] = f"scoring failed: {type(e).__name__}: {e}"
+                errors[int(rows[0])] = f"scoring failed: {type(e).__name__}: {_without_texts(e, batch, int(rows[0]))}"
                 return np.full(1, np.nan, dtype=np.float32)
             half = len(rows) // 2
             return np.concatenate([self._isolating(batch, rows[:half], errors),

@@ -21,6 +21,12 @@ class RerankerConfig(BaseModel):
     backend: str
     model: str = Field(description="Hub id, local directory, or python-package:<module>.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with the model (auto_map). Only for models you trust."
+    )
+    allow_pickle_weights: bool = Field(
+        False, description="Also load pickle-based .bin/.pt weights; by default only safetensors load."
+    )
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (fp32/bf16/fp16).")
     max_length: int = Field(512, ge=8, description="Tokens per pair, special tokens included.")
     query_max_length: int | None = Field(

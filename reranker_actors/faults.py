@@ -5,6 +5,7 @@ Enabled by the environment variable BATCH_RERANK_TEST_FAULTS holding JSON, e.g.
     {"kill_on_call": 2, "marker_dir": "/tmp/f"}    the actor process exits on its 2nd call,
                                                    once per marker_dir across all actors
     {"raise_on_doc_id": "d7"}                      scoring raises for any batch holding d7
+    {"count_file": "/tmp/n"}                       each batch appends how many pairs it scored
 The job forwards the variable to its workers (runtime_env). Unset, nothing here runs.
 """
 
@@ -29,6 +30,7 @@ class Faults:
     kill_on_call: int | None = None
     marker_dir: str | None = None
     raise_on_doc_id: str | None = None
+    count_file: str | None = None
     calls: int = 0
 
     @classmethod
@@ -55,3 +57,8 @@ class Faults:
     def check_rows(self, doc_ids: Sequence[str]) -> None:
         if self.raise_on_doc_id is not None and self.raise_on_doc_id in doc_ids:
             raise InjectedFault(f"injected failure for doc_id {self.raise_on_doc_id!r}")
+
+    def scored(self, pairs: int) -> None:
+        if self.count_file is not None:
+            with open(self.count_file, "a") as f:  # one short append per batch: atomic enough
+                f.write(f"{pairs}\n")

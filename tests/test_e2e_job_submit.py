@@ -1,27 +1,18 @@
 """End to end: `ray start --head` on loopback, `ray job submit` the demo, check every output row.
 
-The test starts its own head with `ray start --block` and stops exactly that process
-tree by its PID (never `ray stop`, which would kill every Ray on the machine).
+The head comes from the `ray_head` fixture (tests/ray_head.py): `ray start --block` on
+loopback, stopped by its PID (never `ray stop`, which would kill every Ray on the machine).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pytest
 import torch
 
 from reranker_actors.registry import build_reranker
@@ -30,60 +21,8 @@ from tests.conftest import REPO, sample_pairs
 BIN = Path(sys.executable).parent
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
-    gcs, dashboard, client, agent, metrics = free_ports(5)
-    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths are limited
-    env = os.environ | {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in the job = this venv's
-    }
-    env.pop("RAY_ADDRESS", None)
-    log = open(Path(temp) / "head.log", "w")
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-         f"--metrics-export-port={metrics}", f"--temp-dir={temp}", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except OSError:
-                if head.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray head did not start; see {temp}/head.log") from None
-                time.sleep(1)
-        yield address, env
-    finally:
-        # `ray start --block` stops its own processes on SIGTERM; they all share its
-        # process group (start_new_session), so a SIGKILL to that group reaches only them.
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=15)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
-
-
 def test_ray_job_submit_runs_the_demo_and_every_row_is_right(ray_head, tmp_path: Path) -> None:
-    address, env = ray_head
+    address, env = ray_head.dashboard, ray_head.env
     out = tmp_path / "ranked"
     result = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
@@ -130,7 +69,7 @@ def test_ray_job_submit_runs_the_demo_and_every_row_is_right(ray_head, tmp_path:
 
 
 def test_a_failing_job_makes_ray_job_submit_fail(ray_head, tmp_path: Path) -> None:
-    address, env = ray_head
+    address, env = ray_head.dashboard, ray_head.env
     result = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
          "python", "-m", "jobs.rerank", "--config", "configs/demo.yaml",

@@ -1,0 +1,81 @@
+"""A real Ray head for tests: `ray start --head --block` on loopback, stopped by its PID.
+
+Never `ray stop`, which would stop every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class RayHead:
+    dashboard: str  # http://127.0.0.1:port, for `ray job submit --address`
+    gcs: str  # 127.0.0.1:port, for a driver's RAY_ADDRESS
+    env: dict[str, str]  # environment for subprocesses that talk to this head
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@contextmanager
+def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
+    gcs, dashboard, client, agent, metrics = free_ports(5)
+    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths are limited
+    env = os.environ | {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in the job = this venv's
+    }
+    env.pop("RAY_ADDRESS", None)
+    log = open(Path(temp) / "head.log", "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", f"--port={gcs}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+         f"--metrics-export-port={metrics}", f"--temp-dir={temp}", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except OSError:
+                if head.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray head did not start; see {temp}/head.log") from None
+                time.sleep(1)
+        yield RayHead(address, f"127.0.0.1:{gcs}", env)
+    finally:
+        # `ray start --block` stops its own processes on SIGTERM; they all share its
+        # process group (start_new_session), so a SIGKILL to that group reaches only them.
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=15)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""Nightly reliability on a real cluster (`ray start --head`), with the driver as a subprocess:
+a driver SIGKILLed mid-run resumes exactly once, a killed actor costs nothing, and a row
+that makes the model raise is quarantined while the rest of the job finishes.
+
+Faults are injected through BATCH_RERANK_TEST_FAULTS (reranker_actors/faults.py), which
+the job forwards to its workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import torch
+
+from reranker_actors.faults import ENV as FAULTS_ENV
+from reranker_actors.registry import build_reranker
+from tests.conftest import REPO, job_config, published, sample_pairs, write_config, write_shards
+from tests.ray_head import RayHead
+
+SHARDS = 6
+
+
+def setup_job(tmp_path: Path, model: str, **sections: Any) -> tuple[Path, pa.Table]:
+    table = sample_pairs()
+    step = len(table) // SHARDS
+    in_dir = write_shards(tmp_path / "in", [table.slice(i * step, step) for i in range(SHARDS)])
+    cfg = job_config(tmp_path, in_dir, model, **{"actor": {"batch_size": 25}, **sections})
+    return write_config(tmp_path / "job.yaml", cfg), table
+
+
+def driver(head: RayHead, config: Path, faults: dict | None = None, *overrides: str) -> subprocess.Popen:
+    # One read task per small file (Ray Data packs Parquet files up to 128 MiB into one
+    # read by default), so the six shards complete, and are checkpointed, one by one.
+    env = head.env | {"RAY_ADDRESS": head.gcs, "RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1"}
+    env.pop(FAULTS_ENV, None)
+    if faults:
+        env[FAULTS_ENV] = json.dumps(faults)
+    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", "--config", str(config), *overrides],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out
+
+
+def scores_by_pair(model: str, table: pa.Table) -> dict[tuple[str, str], float]:
+    reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32",
+                               "max_length": 128}, torch.device("cpu"))
+    scores = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist())
+    return dict(zip(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()), scores.tolist()))
+
+
+def assert_exactly_once(out_dir: Path, table: pa.Table, expected: dict[tuple[str, str], float]) -> None:
+    out = pads.dataset(str(out_dir)).to_table()
+    pairs = list(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()))
+    assert len(pairs) == len(set(pairs)) == len(expected)  # none duplicated
+    assert set(pairs) == set(expected)  # none lost
+    got = np.array(out["score"].to_pylist())
+    assert np.abs(got - np.array([expected[p] for p in pairs])).max() < 1e-5
+
+
+def counted(path: Path) -> int:
+    return sum(int(n) for n in path.read_text().split()) if path.exists() else 0
+
+
+def test_a_driver_killed_mid_run_resumes_exactly_once(ray_head: RayHead, tmp_path: Path,
+                                                       tiny_bert_dir: str) -> None:
+    config, table = setup_job(tmp_path, tiny_bert_dir)
+    first_count, second_count = tmp_path / "scored-1", tmp_path / "scored-2"
+    proc = driver(ray_head, config, {"sleep_per_batch": 1.0, "count_file": str(first_count)})
+    manifest = tmp_path / "out" / "_checkpoints"
+    deadline = time.time() + 300
+    while len(list(manifest.glob("*/manifest/*.json"))) < 2:
+        assert proc.poll() is None, f"driver ended before the kill: {finish(proc)[1][-3000:]}"
+        assert time.time() < deadline, "no shard was checkpointed within 300 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done = {p.name: json.loads(p.read_text()) for p in manifest.glob("*/manifest/*.json")}
+    assert 2 <= len(done) < SHARDS, "the kill must land mid-run"
+    assert not published(tmp_path / "out")
+    shard_bytes = {p.name: p.read_bytes() for p in manifest.glob("*/shards/*.parquet")}
+
+    code, log = finish(driver(ray_head, config, {"count_file": str(second_count)}))
+    assert code == 0, log[-4000:]
+    report = json.loads((tmp_path / "out" / "_run_report.json").read_text())
+    resumed_pairs = sum(e["rows"] for e in done.values())
+    assert report["resumed_files"] == len(done)
+    # The model saw exactly the pairs of the shards that were not complete, once each.
+    assert counted(second_count) == report["scored_now"] == len(table) - resumed_pairs
+    assert counted(first_count) >= resumed_pairs
+    assert_exactly_once(tmp_path / "out", table, scores_by_pair(tiny_bert_dir, table))
+    assert len(shard_bytes) >= len(done) and not manifest.exists()  # removed after the commit
+
+
+def test_an_actor_killed_mid_batch_is_restarted_and_the_output_is_exact(
+        ray_head: RayHead, tmp_path: Path, tiny_bert_dir: str) -> None:
+    config, table = setup_job(tmp_path, tiny_bert_dir)
+    marker = tmp_path / "faults"
+    marker.mkdir()
+    code, log = finish(driver(ray_head, config, {"kill_on_call": 3, "marker_dir": str(marker)}))
+    assert code == 0, log[-4000:]
+    assert (marker / "killed").exists(), "the fault must have fired"
+    assert_exactly_once(tmp_path / "out", table, scores_by_pair(tiny_bert_dir, table))
+
+
+def test_a_row_that_makes_the_model_raise_is_quarantined_and_the_rest_finishes(
+        ray_head: RayHead, tmp_path: Path, tiny_bert_dir: str) -> None:
+    config, table = setup_job(tmp_path, tiny_bert_dir)
+    bad = table.slice(123, 1).to_pylist()[0]
+    faults = {"raise_on_doc_id": bad["doc_id"]}
+    code, log = finish(driver(ray_head, config, faults))  # default on_invalid: error
+    assert code == 2, log[-4000:]
+    assert f"doc_id='{bad['doc_id']}'): scoring failed: InjectedFault" in log and "on_invalid: skip" in log
+    assert not published(tmp_path / "out")
+
+    code, log = finish(driver(ray_head, config, faults, "input.on_invalid=skip"))
+    assert code == 0, log[-4000:]
+    hit = [r for r in table.to_pylist() if r["doc_id"] == bad["doc_id"]]  # the doc may recur
+    quarantine = pq.read_table(tmp_path / "out" / "_quarantine").to_pylist()
+    assert sorted((q["query_id"], q["doc_id"]) for q in quarantine) == sorted(
+        (r["query_id"], r["doc_id"]) for r in hit)
+    assert all(q["reason"].startswith("scoring failed: InjectedFault") for q in quarantine)
+    assert all(os.path.basename(q["input_file"]).startswith("shard-") for q in quarantine)
+    report = json.loads((tmp_path / "out" / "_run_report.json").read_text())
+    assert (report["skipped"], report["quarantined"], report["rows_out"]) == (
+        len(hit), len(hit), len(table) - len(hit))
+    expected = scores_by_pair(tiny_bert_dir, table)
+    for r in hit:
+        del expected[(r["query_id"], r["doc_id"])]
+    assert_exactly_once(tmp_path / "out", table, expected)
