@@ -64,7 +64,7 @@ def test_missing_and_mistyped_columns_are_all_reported_with_their_file(tmp_path:
     assert "3 input problem(s)" in msg
     assert "a.parquet: missing column 'doc' (doc); present: query_id, query, doc_id" in msg
     assert "b.parquet: column 'query_id' (query_id) has type double; accepted: string, or an integer" in msg
-    assert "c.parquet: column 'query' (query) has type int64; accepted: string or large_string" in msg
+    assert "c.parquet: column 'query' (query) has type int64; accepted: string, large_string, or binary" in msg
 
 
 def test_mapped_names_are_what_is_checked(tmp_path: Path) -> None:
@@ -104,3 +104,28 @@ def test_globs_skip_markers_and_hidden_files(tmp_path: Path) -> None:
     found = discover(InputConfig(path=str(tmp_path / "*")))
     assert [Path(f.path).name for f in found.files] == ["part-0.snappy.parquet"]
     assert found.dirs == [str(tmp_path)]
+
+
+def test_a_truncated_parquet_file_is_named_and_nothing_is_read(tmp_path: Path) -> None:
+    pq.write_table(pairs(), tmp_path / "good.parquet")
+    data = (tmp_path / "good.parquet").read_bytes()
+    (tmp_path / "torn.parquet").write_bytes(data[: len(data) // 2])  # an interrupted upload
+    with pytest.raises(InputError, match=r"torn\.parquet: not a readable Parquet file"):
+        discover(InputConfig(path=str(tmp_path)))
+
+
+def test_a_schema_that_differs_between_shards_names_the_odd_shard(tmp_path: Path) -> None:
+    pq.write_table(pairs(), tmp_path / "part-0.parquet")
+    pq.write_table(pairs(doc_id=pa.array([1, 2, 3])), tmp_path / "part-1.parquet")  # int ids: fine
+    pq.write_table(pairs(doc=pa.array([b"t"] * 3)), tmp_path / "part-2.parquet")  # binary text: fine
+    pq.write_table(pairs().rename_columns(["query_id", "query", "doc_id", "passage"]), tmp_path / "part-3.parquet")
+    with pytest.raises(InputError) as e:
+        discover(InputConfig(path=str(tmp_path)))
+    assert "1 input problem(s)" in str(e.value)
+    assert "part-3.parquet: missing column 'doc' (doc); present: query_id, query, doc_id, passage" in str(e.value)
+
+
+def test_an_input_column_named_path_is_refused(tmp_path: Path) -> None:
+    pq.write_table(pairs(path=pa.array(["a", "b", "c"])), tmp_path / "a.parquet")
+    with pytest.raises(InputError, match="rename the input column 'path'"):
+        discover(InputConfig(path=str(tmp_path), columns={"doc": "path"}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel
 
 from jobs.config import JobConfig, PoolSize
@@ -37,3 +39,12 @@ def test_the_readme_commands_are_the_makefile_targets_and_ci_runs_the_test_one()
     assert "\ndemo:" in makefile and "\ntest:" in makefile and "configs/demo.yaml" in makefile
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci.split("\n", 2)[-1]
+
+
+def test_every_test_the_troubleshooting_table_names_exists() -> None:
+    table = README.split("## Troubleshooting bad input", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) >= 15
+    for row in rows:
+        path, name = re.search(r"`(tests/\w+\.py)::(\w+)`", row).groups()
+        assert re.search(rf"^def {name}\(", (REPO / path).read_text(), re.M), f"{path}::{name} is missing"
