@@ -11,6 +11,7 @@ the shuffle that gathers each query's candidates move little data.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import fsspec
@@ -66,7 +67,9 @@ class Scored:
 def score_pairs(inputs: Inputs, cfg: JobConfig, checkpoints: Checkpoints) -> Scored:
     """Score every input file that has no checkpoint yet; checkpoint each as it completes."""
     ids = [shard_id(inputs.fs, f) for f in inputs.files]
-    done = {sid: e for sid in ids if (e := checkpoints.completed(sid)) is not None}
+    with ThreadPoolExecutor(max_workers=16) as pool:  # (each check reads a shard file on S3)
+        found = dict(zip(ids, pool.map(checkpoints.completed, ids)))
+    done = {sid: e for sid, e in found.items() if e is not None}
     pending = [(sid, f) for sid, f in zip(ids, inputs.files) if sid not in done]
     scored_now = 0
     if pending:

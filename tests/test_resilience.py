@@ -71,6 +71,13 @@ def assert_exactly_once(out_dir: Path, table: pa.Table, expected: dict[tuple[str
     assert np.abs(got - np.array([expected[p] for p in pairs])).max() < 1e-5
 
 
+def assert_no_texts(log: str, table: pa.Table) -> None:
+    """Logs name ids only: no query or document text of the input appears in them."""
+    texts = {t for t in table["query"].to_pylist() + table["doc"].to_pylist() if len(t) > 30}
+    leaked = [t for t in texts if t in log]
+    assert not leaked, f"{len(leaked)} input texts in the logs, e.g. {leaked[0][:80]!r}"
+
+
 def counted(path: Path) -> int:
     return sum(int(n) for n in path.read_text().split()) if path.exists() else 0
 
@@ -125,9 +132,11 @@ def test_a_row_that_makes_the_model_raise_is_quarantined_and_the_rest_finishes(
     assert code == 2, log[-4000:]
     assert f"doc_id='{bad['doc_id']}'): scoring failed: InjectedFault" in log and "on_invalid: skip" in log
     assert not published(tmp_path / "out")
+    assert_no_texts(log, table)
 
     code, log = finish(driver(ray_head, config, faults, "input.on_invalid=skip"))
     assert code == 0, log[-4000:]
+    assert_no_texts(log, table)
     hit = [r for r in table.to_pylist() if r["doc_id"] == bad["doc_id"]]  # the doc may recur
     quarantine = pq.read_table(tmp_path / "out" / "_quarantine").to_pylist()
     assert sorted((q["query_id"], q["doc_id"]) for q in quarantine) == sorted(
