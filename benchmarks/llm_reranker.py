@@ -45,7 +45,7 @@ SHAPE_0_6B = dict(num_hidden_layers=28, hidden_size=1024, num_attention_heads=16
 
 def timed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
-    result = fn()
+    result = fn()  # (returns numpy arrays: any CUDA work is finished)
     return result, time.perf_counter() - start
 
 
@@ -56,19 +56,20 @@ def main() -> None:
     parser.add_argument("--ref-batch", type=int, default=8)
     parser.add_argument("--mix-candidates", type=int, default=100)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    dtype = getattr(torch, args.dtype)
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
     model_dir = tempfile.mkdtemp(prefix="qwen3-0.6b-shape-")
     build_tiny_qwen3(model_dir, init=0.02, **SHAPE_0_6B)
     table = pq.read_table(f"{args.data}/candidates.parquet").slice(0, args.pairs)
     queries, docs = table["query"].to_pylist(), table["doc"].to_pylist()
     cfg = {"backend": "llm_yes_no", "model": model_dir, "dtype": args.dtype, "max_length": 8192}
-    ours = build_reranker(cfg, torch.device("cpu"))
+    ours = build_reranker(cfg, device)
     params = sum(p.numel() for p in ours.model.parameters()) / 1e9
     tokens = int(sum(ours.encoder.encode(queries, docs).lengths))
 
     ref = CardReference(model_dir, 8192)
-    ref.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+    ref.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval().to(device)
     def reference() -> np.ndarray:
         step = args.ref_batch
         return np.concatenate([ref.scores(queries[i:i + step], docs[i:i + step], [None] * len(docs[i:i + step]))
@@ -79,8 +80,9 @@ def main() -> None:
     ref_scores, ref_s = timed(reference)
     our_scores, our_s = timed(lambda: ours.score(queries, docs))
 
-    print(f"Qwen3 0.6B shape ({params:.2f}B params, random weights), {args.dtype}, "
-          f"{torch.get_num_threads()} threads, {len(queries)} SciFact pairs, {tokens} prompt tokens\n")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"Qwen3 0.6B shape ({params:.2f}B params, random weights), {args.dtype}, {where}, "
+          f"{len(queries)} SciFact pairs, {tokens} prompt tokens\n")
     print("| contender | seconds | pairs/s | speed-up | max abs diff vs reference |")
     print("|---|---|---|---|---|")
     print(f"| card reference (chunks of {args.ref_batch}) | {ref_s:.1f} | {len(queries) / ref_s:.2f} | 1.00x | - |")

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.inputs import InputFile
-from jobs.schema import DOC_ID, DTYPE, QUERY_ID, SCORE, SHARD, SKIP_REASON, TRUNCATED, UNITS
+from jobs.schema import BATCH_END, BATCH_START, DOC_ID, DTYPE, QUERY_ID, SCORE, SHARD, SKIP_REASON, TRUNCATED, UNITS
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "_checkpoints"
@@ -87,7 +87,7 @@ class Checkpoints:
         """Write one complete shard, then its manifest entry (the commit point)."""
         truncated = int(pc.sum(table[TRUNCATED]).as_py() or 0)
         dtypes = sorted(d for d in pc.unique(table[DTYPE]).to_pylist() if d)
-        table = table.drop_columns([SHARD, UNITS, TRUNCATED, DTYPE])
+        table = table.drop_columns([SHARD, UNITS, TRUNCATED, DTYPE, BATCH_START, BATCH_END])
         # Deterministic content whatever order the blocks arrived in.
         table = table.take(pc.sort_indices(table, [(QUERY_ID, "ascending"), (DOC_ID, "ascending"),
                                                    (SCORE, "descending")]))

@@ -110,7 +110,8 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
         )
     if cfg.actor.pool_size.min > cfg.actor.pool_size.max:
         errors.append(f"actor.pool_size: min {cfg.actor.pool_size.min} > max {cfg.actor.pool_size.max}")
-    if cfg.reranker.max_tokens_per_batch < cfg.reranker.max_length:
+    budget = cfg.reranker.max_tokens_per_batch
+    if budget is not None and budget < cfg.reranker.max_length:
         errors.append(
             f"reranker.max_tokens_per_batch ({cfg.reranker.max_tokens_per_batch}) must be at least "
             f"reranker.max_length ({cfg.reranker.max_length}) so one full pair fits in a forward pass"

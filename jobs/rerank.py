@@ -107,6 +107,7 @@ def run(cfg: JobConfig) -> RunSummary:
             model=cfg.reranker.model, revision=cfg.reranker.revision, backend=cfg.reranker.backend,
             dtype=", ".join(scored.dtypes), config_hash=fingerprint(cfg.model_dump()),
             resumed_files=scored.resumed, scored_now=scored.scored_now, run_id=out.run_id,
+            score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
             seconds=clock.seconds, metrics=metrics, eval_queries=eval_queries,
         )
         side = {REPORT_JSON: out.staging(REPORT_JSON), REPORT_TEXT: out.staging(REPORT_TEXT)}

@@ -20,3 +20,5 @@ OUTPUT_COLUMNS = (QUERY_ID, DOC_ID, SCORE, RANK, FIRST_STAGE_SCORE, FIRST_STAGE_
 SHARD = "_shard"  # index of the row's input file among this run's pending files
 UNITS = "_units"  # on an input row's first pair: how many pairs that row yielded; else 0
 TRUNCATED = "_truncated"  # pairs the actor truncated in this batch, on the batch's first row
+BATCH_START = "_batch_start"  # wall-clock time the actor began this batch, on its first row
+BATCH_END = "_batch_end"  # wall-clock time the actor finished this batch, on its first row

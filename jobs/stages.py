@@ -11,6 +11,7 @@ the shuffle that gathers each query's candidates move little data.
 from __future__ import annotations
 
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from jobs.inputs import Inputs
 from jobs.normalize import Normalizer
 from jobs.ranking import Ranker, rank_queries
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
-from jobs.schema import QUERY_ID, RANK, SKIP_REASON
+from jobs.schema import BATCH_END, BATCH_START, QUERY_ID, RANK, SKIP_REASON
 from reranker_actors.actor import ScoreActor
 
 ROWS_PER_RANK_PARTITION = 1_000_000
@@ -42,6 +43,8 @@ class Scored:
     entries: list[ShardEntry]
     resumed: int  # input files whose checkpoint an earlier run wrote
     scored_now: int  # pairs this run sent through the model
+    startup_s: float = 0.0  # stage start -> an actor starts its first batch (scheduling, model load)
+    steady_pairs_per_s: float = 0.0  # pairs/s from then to the end of the last batch
 
     @property
     def pairs(self) -> int:
@@ -71,7 +74,7 @@ def score_pairs(inputs: Inputs, cfg: JobConfig, checkpoints: Checkpoints) -> Sco
         found = dict(zip(ids, pool.map(checkpoints.completed, ids)))
     done = {sid: e for sid, e in found.items() if e is not None}
     pending = [(sid, f) for sid, f in zip(ids, inputs.files) if sid not in done]
-    scored_now = 0
+    scored_now, startup_s, steady = 0, 0.0, 0.0
     if pending:
         files = [f for _, f in pending]
         threads = cfg.actor.threads or max(1, round(cfg.actor.num_cpus))
@@ -89,14 +92,41 @@ def score_pairs(inputs: Inputs, cfg: JobConfig, checkpoints: Checkpoints) -> Sco
                     "threads": threads, "on_invalid": cfg.input.on_invalid,
                 }),
             )
-            assembler = ShardAssembler(files)
+            assembler, window = ShardAssembler(files), ActorWindow(time.time())
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                window.add(batch)
                 for index, table in assembler.add(batch):
                     sid, file = pending[index]
                     done[sid] = checkpoints.write(sid, file, table)
                     scored_now += done[sid].rows - done[sid].skipped
             assembler.check_complete()
-    return Scored(ids, [done[s] for s in ids], len(inputs.files) - len(pending), scored_now)
+            startup_s, steady = window.startup_s, window.pairs_per_s(scored_now)
+    return Scored(ids, [done[s] for s in ids], len(inputs.files) - len(pending), scored_now,
+                  round(startup_s, 3), round(steady, 2))
+
+
+@dataclass
+class ActorWindow:
+    """When the actors worked, from the start and end times they put on each batch:
+    start-up is the stage's start until the first batch began (actors scheduled, models
+    loaded); the steady rate counts pairs from then until the last batch ended."""
+
+    stage_start: float
+    first_start: float = math.inf
+    last_end: float = -math.inf
+
+    def add(self, batch: pa.Table) -> None:
+        start, end = pc.min(batch[BATCH_START]).as_py(), pc.max(batch[BATCH_END]).as_py()
+        if start is not None:
+            self.first_start, self.last_end = min(self.first_start, start), max(self.last_end, end)
+
+    @property
+    def startup_s(self) -> float:
+        return max(0.0, self.first_start - self.stage_start) if self.last_end > -math.inf else 0.0
+
+    def pairs_per_s(self, pairs: int) -> float:
+        busy = self.last_end - self.first_start
+        return pairs / busy if busy > 0 else 0.0
 
 
 def _drop_skipped(batch: pa.Table) -> pa.Table:

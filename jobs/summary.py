@@ -42,6 +42,8 @@ class RunSummary:
     resumed_files: int = 0  # input files taken from an earlier run's checkpoints
     scored_now: int = 0  # pairs this run sent through the model
     run_id: str = ""
+    score_startup_s: float = 0.0  # score stage start -> first batch begins (actors up, models loaded)
+    score_steady_pairs_per_s: float = 0.0  # pairs/s from the first batch's start to the last's end
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> mean metrics
     eval_queries: int = 0
@@ -71,7 +73,9 @@ class RunSummary:
             f"  pairs     {self.pairs:,} read, {self.scored:,} scored ({self.scored_now:,} in this run), "
             f"{self.skipped:,} skipped, {self.truncated:,} truncated",
             f"  model     {self.model} ({self.backend}, dtype {self.dtype})",
-            f"  speed     {rate:,.1f} pairs/s over the score stage ({score_s:.1f} s)",
+            f"  speed     {rate:,.1f} pairs/s over the score stage ({score_s:.1f} s); "
+            f"{self.score_steady_pairs_per_s:,.1f} pairs/s once the actors were up "
+            f"({self.score_startup_s:.1f} s start-up)",
             "  stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()),
             f"  output    {self.output} ({self.rows_out:,} rows in {self.files_out} file(s))",
         ]

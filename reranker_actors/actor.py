@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,19 @@ import pyarrow.compute as pc
 import torch
 
 from jobs.errors import InputError, ModelError, UserError
-from jobs.schema import DOC, DOC_ID, DTYPE, INSTRUCTION, QUERY, QUERY_ID, SCORE, SKIP_REASON, TRUNCATED
+from jobs.schema import (
+    BATCH_END,
+    BATCH_START,
+    DOC,
+    DOC_ID,
+    DTYPE,
+    INSTRUCTION,
+    QUERY,
+    QUERY_ID,
+    SCORE,
+    SKIP_REASON,
+    TRUNCATED,
+)
 from reranker_actors.device import pick_device
 from reranker_actors.faults import Faults
 from reranker_actors.registry import build_reranker
@@ -35,8 +48,8 @@ def _without_texts(e: Exception, batch: pa.Table, row: int) -> str:
 
 
 class ScoreActor:
-    """map_batches(ScoreActor, batch_format="pyarrow"): adds `score`, `_dtype` and
-    `_truncated`, drops the texts.
+    """map_batches(ScoreActor, batch_format="pyarrow"): adds `score`, `_dtype`,
+    `_truncated` and the batch's start and end times, drops the texts.
 
     Rows with a skip reason are not scored (their score is null). A row that makes
     scoring raise is found by bisection and, under on_invalid: skip, gets the error as
@@ -59,6 +72,7 @@ class ScoreActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.failed is not None:
             raise self.failed
+        started = time.time()
         if self.faults:
             self.faults.before_batch()
         valid = pc.is_null(batch[SKIP_REASON]).to_numpy(zero_copy_only=False)
@@ -80,13 +94,16 @@ class ScoreActor:
                 raise ModelError(self._nan_message(batch, nan))
         truncated = np.zeros(len(batch), dtype=np.int32)
         truncated[:1] = self.reranker.truncated - truncated_before
+        first_row = np.arange(len(batch)) > 0  # (mask: the times go on the first row only)
         texts = [c for c in (QUERY, DOC, INSTRUCTION) if c in batch.column_names]
         dtype = str(self.reranker.dtype).removeprefix("torch.")
         return (batch.drop_columns([*texts, SKIP_REASON])
                 .append_column(SKIP_REASON, pa.array(reasons, pa.string()))
                 .append_column(SCORE, pa.array(scores, mask=~valid))
                 .append_column(DTYPE, pa.array([dtype] * len(batch), pa.string()))
-                .append_column(TRUNCATED, pa.array(truncated)))
+                .append_column(TRUNCATED, pa.array(truncated))
+                .append_column(BATCH_START, pa.array(np.full(len(batch), started), mask=first_row))
+                .append_column(BATCH_END, pa.array(np.full(len(batch), time.time()), mask=first_row)))
 
     def _score(self, batch: pa.Table, rows: np.ndarray) -> np.ndarray:
         part = batch.take(pa.array(rows))

@@ -33,7 +33,7 @@ class BiEncoderReranker(HFReranker):
     def _embed(self, enc: Encoded) -> torch.Tensor:
         """L2-normalised float32 embeddings, one row per encoded text."""
         out = torch.empty(len(enc.ids), self.model.config.hidden_size, dtype=torch.float32)
-        for idx in token_budget_batches(enc.lengths, self.config.max_tokens_per_batch):
+        for idx in token_budget_batches(enc.lengths, self.max_tokens):
             inputs = self.inputs(enc, idx)
             hidden = self.model(**inputs).last_hidden_state.float()
             if self.config.pooling == "cls":

@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification
 
 from jobs.errors import ModelError
 from reranker_actors.base import RerankerConfig, activate
-from reranker_actors.batching import token_budget_batches
+from reranker_actors.batching import host_slices, token_budget_batches
 from reranker_actors.hf import HFReranker
 
 
@@ -38,9 +38,14 @@ class CrossEncoderReranker(HFReranker):
     @torch.inference_mode()
     def score(self, queries: Sequence[str], docs: Sequence[str],
               instructions: Sequence[str | None] | None = None) -> np.ndarray:
-        enc = self.encoder.encode_pairs(queries, docs)
-        self._truncated += sum(enc.cut)
-        out = np.empty(len(enc.ids), dtype=np.float32)
-        for idx in token_budget_batches(enc.lengths, self.config.max_tokens_per_batch):
-            out[idx] = self.model(**self.inputs(enc, idx)).logits[:, 0].float().cpu().numpy()
+        rows, logits = [], []  # logits stay on the device: the host never waits mid-call
+        for part in host_slices(len(queries), self.device):
+            enc = self.encoder.encode_pairs(queries[part], docs[part])
+            self._truncated += sum(enc.cut)
+            for idx in token_budget_batches(enc.lengths, self.max_tokens):
+                logits.append(self.model(**self.inputs(enc, idx)).logits[:, 0])
+                rows.append(idx + part.start)
+        out = np.empty(len(queries), dtype=np.float32)
+        if rows:
+            out[np.concatenate(rows)] = torch.cat(logits).float().cpu().numpy()
         return activate(out, self.config.activation)

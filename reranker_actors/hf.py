@@ -118,7 +118,10 @@ class HFReranker(Reranker):
         self.pad_id = tokenizer.pad_token_id
         self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
         self.encoder = self.make_encoder(tokenizer)
+        self.max_tokens = config.token_budget(device)
         self._truncated = 0
+        if config.compile:
+            self.model = torch.compile(self.model, dynamic=True)
         limit = position_limit(self.model)
         if limit is not None and config.max_length > limit:
             raise ModelError(

@@ -69,6 +69,9 @@ class LLMYesNoConfig(RerankerConfig):
         if self.query_max_length is not None:
             raise ValueError("query_max_length does not apply to llm_yes_no: as on the model card, the "
                              "prompt body is cut from the end (the document) to fit max_length")
+        if self.compile:
+            raise ValueError("compile applies to cross_encoder and bi_encoder; llm_yes_no runs uncompiled "
+                             "(its prefix-cache path calls the decoder directly)")
         return self
 
 
@@ -135,7 +138,7 @@ class LLMYesNoReranker(HFReranker):
         cache = [(layer.keys, layer.values) for layer in ran.past_key_values.layers]
         rests = [batch.ids[k][shared:] for k in rows]
         lengths = np.fromiter((shared + len(r) for r in rests), dtype=np.int64, count=len(rests))
-        for idx in token_budget_batches(lengths, self.config.max_tokens_per_batch):
+        for idx in token_budget_batches(lengths, self.max_tokens):
             out[rows[idx]] = self._run([rests[i] for i in idx], shared, cache).cpu().numpy()
 
     @torch.inference_mode()
@@ -152,7 +155,7 @@ class LLMYesNoReranker(HFReranker):
             else:
                 alone += group.rows.tolist()
         alone_rows = np.array(alone, dtype=np.int64)
-        for idx in token_budget_batches(batch.lengths[alone_rows], self.config.max_tokens_per_batch):
+        for idx in token_budget_batches(batch.lengths[alone_rows], self.max_tokens):
             out[alone_rows[idx]] = self._run([batch.ids[k] for k in alone_rows[idx]]).cpu().numpy()
         return out
 

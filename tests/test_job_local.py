@@ -109,6 +109,9 @@ def test_every_pair_scored_once_ranked_and_passed_through(tmp_path: Path, tiny_b
                                                           for f in sorted(in_dir.glob("*.parquet"))]
     assert report["versions"]["ray"] == ray.__version__ and report["dtype"] == "float32"
     assert report["truncated"] > 0  # max_length 128: many Cranfield abstracts are longer
+    assert 0 < report["score_startup_s"] < report["seconds"]["score"]  # actor start, model load
+    # pairs / (last batch end - first batch start): above the stage's overall rate, which counts start-up
+    assert report["score_steady_pairs_per_s"] > report["pairs_per_s"]["score"] > 0
     text = (tmp_path / "out" / "_run_report.txt").read_text()
     same = [line for line in summary.splitlines() if line.startswith(("  queries", "  pairs", "  output"))]
     assert len(same) == 3 and all(line in text for line in same)  # (times differ: commit ran after)

@@ -47,7 +47,7 @@ class CardReference:
         inputs = self.tok(texts, padding=False, truncation="longest_first", return_attention_mask=False,
                           max_length=self.max_length - len(self.prefix_tokens) - len(self.suffix_tokens))
         inputs["input_ids"] = [self.prefix_tokens + ids + self.suffix_tokens for ids in inputs["input_ids"]]
-        padded = self.tok.pad(inputs, padding=True, return_tensors="pt")
+        padded = self.tok.pad(inputs, padding=True, return_tensors="pt").to(self.model.device)
         with torch.no_grad():
             return self.model(**padded).logits[:, -1, :]
 
@@ -55,7 +55,7 @@ class CardReference:
         texts = [self.format_instruction(i, q, d) for i, q, d in zip(instructions, queries, docs)]
         logits = self.last_logits(texts)
         pair = torch.nn.functional.log_softmax(torch.stack([logits[:, self.no], logits[:, self.yes]], 1), dim=1)
-        return pair[:, 1].exp().numpy()
+        return pair[:, 1].exp().float().cpu().numpy()
 
 
 def cases() -> tuple[list[str], list[str], list[str | None]]:
@@ -133,6 +133,8 @@ def test_template_and_token_errors(tiny_qwen3_dir: str) -> None:
         LLMYesNoConfig(model="m", body="<Query>: {query}")
     with pytest.raises(ValueError, match="query_max_length does not apply"):
         LLMYesNoConfig(model="m", query_max_length=10)
+    with pytest.raises(ValueError, match="compile applies to cross_encoder and bi_encoder"):
+        LLMYesNoConfig(model="m", compile=True)
     with pytest.raises(ModelError, match="positive_token 'definitely' is not a token"):
         build_reranker({"backend": "llm_yes_no", "model": tiny_qwen3_dir, "positive_token": "definitely"}, CPU)
     with pytest.raises(ModelError, match="leaves no room for the prompt body"):

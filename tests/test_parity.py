@@ -143,3 +143,63 @@ def test_max_length_beyond_the_model_positions_is_refused(request: pytest.Fixtur
     assert build_reranker({"backend": "cross_encoder", "model": model_dir, "max_length": limit}, CPU)
     with pytest.raises(ModelError, match=f"exceeds what model .* supports \\({limit} positions\\)"):
         build_reranker({"backend": "cross_encoder", "model": model_dir, "max_length": limit + 1}, CPU)
+
+
+def test_compiled_cross_encoder_equals_sentence_transformers(tiny_bert_dir: str, pairs) -> None:
+    """reranker.compile: torch.compile (inductor, dynamic shapes) gives the same scores."""
+    queries, docs = pairs
+    reranker = build_reranker({"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32",
+                               "max_length": 128, "max_tokens_per_batch": 1024, "compile": True}, CPU)
+    assert isinstance(reranker.model, torch._dynamo.eval_frame.OptimizedModule)
+    ours = reranker.score(queries, docs)
+    ref = st_cross_scores(tiny_bert_dir, queries, docs, max_length=128)
+    assert np.abs(ours - ref).max() < 1e-4 and np.std(ours) > 1e-3  # (fused kernels reorder fp32 sums: ~1e-5)
+
+
+def test_scores_do_not_depend_on_host_slices(tiny_bert_dir: str, pairs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA a call is tokenized in slices (overlapping the GPU); each slice's rows must
+    land in their own places. Forced here on the CPU with slices of 5 rows."""
+    import reranker_actors.cross_encoder as cross_encoder
+    from reranker_actors.batching import host_slices
+
+    queries, docs = pairs
+    cfg = {"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32", "max_length": 128}
+    whole = build_reranker(cfg, CPU).score(queries, docs)
+    monkeypatch.setattr(cross_encoder, "host_slices",
+                        lambda n, device: host_slices(n, torch.device("cuda"), parts=10, min_rows=4))
+    sliced = build_reranker(cfg, CPU).score(queries, docs)
+    assert len(host_slices(48, torch.device("cuda"), parts=10, min_rows=4)) == 10
+    assert np.abs(whole - sliced).max() < 1e-5
+
+
+def test_host_slices_cover_every_row_once() -> None:
+    from reranker_actors.batching import host_slices
+
+    assert host_slices(5000, CPU) == [slice(0, 5000)]
+    assert host_slices(300, torch.device("cuda")) == [slice(0, 300)]
+    for n in (512, 1000, 4096, 10_001):
+        parts = host_slices(n, torch.device("cuda"))
+        rows = np.concatenate([np.arange(n)[s] for s in parts])
+        assert 2 <= len(parts) <= 8 and (rows == np.arange(n)).all()
+
+
+def test_no_forward_pass_exceeds_the_token_budget(tiny_bert_dir: str, pairs) -> None:
+    queries, docs = pairs
+    reranker = build_reranker({"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32",
+                               "max_length": 128, "max_tokens_per_batch": 300}, CPU)
+    seen: list[tuple[int, int]] = []
+    reranker.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs.get("input_ids", args[0] if args else None).shape)),
+        with_kwargs=True)
+    reranker.score(queries, docs)
+    assert sum(rows for rows, _ in seen) == len(queries)
+    assert max(rows * length for rows, length in seen) <= 300
+
+
+def test_default_token_budget_follows_the_device() -> None:
+    from reranker_actors.cross_encoder import CrossEncoderConfig
+
+    cfg = CrossEncoderConfig(model="m")
+    assert cfg.token_budget(CPU) == 4096 and cfg.token_budget(torch.device("cuda")) == 65536
+    assert CrossEncoderConfig(model="m", max_length=8192).token_budget(CPU) == 8192  # one full pair fits
+    assert CrossEncoderConfig(model="m", max_tokens_per_batch=1000).token_budget(CPU) == 1000
