@@ -295,6 +295,29 @@ def table_rows(label: str, results: dict[str, dict], config: dict, peaks: dict[s
     return rows
 
 
+def figure_rows(name: str, dataset: str, results: dict[str, dict], config: dict, device: str,
+                args: argparse.Namespace) -> list[dict]:
+    """Rows for benchmarks/figures.json, which the capacity planner (jobs.plan) reads."""
+    import platform
+
+    import torch
+
+    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.processor() or platform.machine()}"
+    shape = {"layers": config["num_hidden_layers"], "hidden": config["hidden_size"],
+             "intermediate": config["intermediate_size"], "heads": config["num_attention_heads"]}
+    rows = []
+    for contender, r in results.items():
+        lengths = r.get("lengths") or next(x["lengths"] for x in results.values() if x.get("lengths"))
+        rows.append({"model": name, "shape": shape, "device": where, "dtype": r["dtype"], "contender": contender,
+                     "pairs_per_s": round(r["pairs"] / r["seconds"], 2),
+                     "real_tokens_per_s": round(sum(lengths) / r["seconds"], 1),
+                     "mean_tokens": round(sum(lengths) / len(lengths), 1), "date": time.strftime("%Y-%m-%d"),
+                     "command": "benchmarks/throughput.py " + " ".join(sys.argv[1:]), "threads": args.threads,
+                     "data": f"{dataset}, {args.queries} queries x top {args.per_query}",
+                     "source": "benchmarks/throughput.py --record"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default="../shared/data")
@@ -310,6 +333,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="ours: token budget per forward pass (default: the backend's for the device)")
     parser.add_argument("--st-batch-size", type=int, default=32, help="CrossEncoder.predict batch size")
+    parser.add_argument("--record", default=None, metavar="FIGURES_JSON",
+                        help="append each contender's figures to this file (jobs.plan reads benchmarks/figures.json)")
     parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -325,7 +350,7 @@ def main() -> None:
     models = (args.models or ("minilm,xlmr-large" if device == "cuda" else "minilm")).split(",")
     contenders = args.contenders.split(",")
     peaks = {d: matmul_peak(d) for d in dict.fromkeys(["float32", args.dtype])}
-    lines, notes = [], []
+    lines, notes, figures = [], [], []
     for name in models:
         model = model_dir(name, args.minilm, args.xlmr_tokenizer)
         config = json.loads((Path(model) / "config.json").read_text())
@@ -333,6 +358,7 @@ def main() -> None:
             table = sample(Path(args.data_root) / dataset, args.queries, args.per_query)
             results = {c: run_contender(c, dataset, model, args) for c in contenders}
             lines += table_rows(f"{name} {dataset}", results, config, peaks, table)
+            figures += figure_rows(name, dataset, results, config, device, args)
             ours = results.get("ours")
             for mine in ("ours", "compiled"):
                 if mine in results and "st" in results:
@@ -353,6 +379,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     print("\n" + "\n".join(notes))
+    if args.record:
+        path = Path(args.record)
+        data = json.loads(path.read_text()) if path.exists() else {"figures": []}
+        data["figures"] += figures
+        path.write_text("{\"figures\": [\n" + ",\n".join("  " + json.dumps(f) for f in data["figures"]) + "\n]}\n")
+        print(f"\nrecorded {len(figures)} figure(s) in {path}")
 
 
 if __name__ == "__main__":

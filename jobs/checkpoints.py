@@ -32,7 +32,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.inputs import InputFile
-from jobs.schema import BATCH_END, BATCH_START, DOC_ID, DTYPE, QUERY_ID, SCORE, SHARD, SKIP_REASON, TRUNCATED, UNITS
+from jobs.schema import (
+    BATCH_END,
+    BATCH_START,
+    DOC_ID,
+    DTYPE,
+    HIT_PREFIX,
+    QUERY_ID,
+    SCORE,
+    SHARD,
+    SKIP_REASON,
+    TRUNCATED,
+    UNITS,
+)
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "_checkpoints"
@@ -60,6 +72,7 @@ class ShardEntry:
     dtypes: list[str]
     sha256: str
     file: str  # the shard file's name
+    cached: int = 0  # pairs whose score came from the score cache (summed over scorers)
 
 
 class Checkpoints:
@@ -86,11 +99,13 @@ class Checkpoints:
     def write(self, sid: str, file: InputFile, table: pa.Table) -> ShardEntry:
         """Write one complete shard, then its manifest entry (the commit point)."""
         truncated = int(pc.sum(table[TRUNCATED]).as_py() or 0)
-        dtypes = sorted(d for d in pc.unique(table[DTYPE]).to_pylist() if d)
-        table = table.drop_columns([SHARD, UNITS, TRUNCATED, DTYPE, BATCH_START, BATCH_END])
+        dtypes = sorted({d for v in pc.unique(table[DTYPE]).to_pylist() if v for d in v.split(",")})
+        hits = [c for c in table.column_names if c.startswith(HIT_PREFIX)]
+        cached = sum(int(pc.sum(table[c]).as_py() or 0) for c in hits)
+        table = table.drop_columns([SHARD, UNITS, TRUNCATED, DTYPE, BATCH_START, BATCH_END, *hits])
         # Deterministic content whatever order the blocks arrived in.
-        table = table.take(pc.sort_indices(table, [(QUERY_ID, "ascending"), (DOC_ID, "ascending"),
-                                                   (SCORE, "descending")]))
+        scores = [(c, "descending") for c in table.column_names if c == SCORE or c.startswith("score_")]
+        table = table.take(pc.sort_indices(table, [(QUERY_ID, "ascending"), (DOC_ID, "ascending"), *scores]))
         buf = io.BytesIO()
         pq.write_table(table, buf)
         data = buf.getvalue()
@@ -103,7 +118,7 @@ class Checkpoints:
         entry = ShardEntry(
             input=file.url, input_size=file.size, rows_in=file.num_rows, rows=len(table),
             skipped=len(table) - table[SKIP_REASON].null_count,
-            truncated=truncated, dtypes=dtypes, sha256=hashlib.sha256(data).hexdigest(),
+            truncated=truncated, dtypes=dtypes, sha256=hashlib.sha256(data).hexdigest(), cached=cached,
             file=posixpath.basename(path),
         )
         self.fs.pipe_file(self._entry_path(sid), json.dumps(asdict(entry), indent=1).encode())

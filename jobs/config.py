@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -12,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jobs.errors import ConfigError
 from jobs.schema import OUTPUT_COLUMNS
 from reranker_actors.registry import BACKENDS, AnyRerankerConfig, unknown_backend_message
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
@@ -90,73 +93,116 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray the job starts.")
 
 
+class StageConfig(Section):
+    """A later stage of a cascade: its own model and actor pool, over the previous stage's top N."""
+
+    top_n: int = Field(ge=1, description="Score only the previous stage's best N candidates per query.")
+    reranker: AnyRerankerConfig
+    actor: ActorConfig = ActorConfig()
+
+
+class CacheConfig(Section):
+    path: str | None = Field(
+        None, description="Score cache directory (local or s3://), kept between runs; unset: no cache."
+    )
+
+
 class JobConfig(Section):
     input: InputConfig
     reranker: AnyRerankerConfig
     actor: ActorConfig = ActorConfig()
+    cascade: list[StageConfig] = Field(default_factory=list, description="Stages 2, 3, ... after `reranker`.")
     rank: RankConfig = RankConfig()
     output: OutputConfig
     eval: EvalConfig = EvalConfig()
+    cache: CacheConfig = CacheConfig()
     ray: RayConfig = RayConfig()
+
+    def stages(self) -> list[tuple[str, StageConfig]]:
+        """Every scoring stage with the config key it comes from; stage 1 has top_n 0 (all)."""
+        first = StageConfig.model_construct(top_n=0, reranker=self.reranker, actor=self.actor)
+        return [("", first)] + [(f"cascade.{i}.", s) for i, s in enumerate(self.cascade)]
+
+
+def stage_checks(key: str, reranker: Any, actor: ActorConfig) -> list[str]:
+    """Checks of one model and its actor pool; `key` prefixes their config keys."""
+    errors = []
+    if reranker.dtype == "float16" and actor.num_gpus == 0:
+        errors.append(
+            f"{key}reranker.dtype: float16 runs on CUDA only, but {key}actor.num_gpus is 0 (CPU). fp16 "
+            "matmul on CPU is about 100x slower; use auto, bfloat16 or float32, or give the actor a GPU"
+        )
+    if actor.pool_size.min > actor.pool_size.max:
+        errors.append(f"{key}actor.pool_size: min {actor.pool_size.min} > max {actor.pool_size.max}")
+    budget = reranker.max_tokens_per_batch
+    if budget is not None and budget < reranker.max_length:
+        errors.append(
+            f"{key}reranker.max_tokens_per_batch ({budget}) must be at least {key}reranker.max_length "
+            f"({reranker.max_length}) so one full pair fits in a forward pass"
+        )
+    return errors
 
 
 def _cross_checks(cfg: JobConfig) -> list[str]:
     """Rules that span sections; pydantic has checked each field by now."""
-    errors = []
-    if cfg.reranker.dtype == "float16" and cfg.actor.num_gpus == 0:
-        errors.append(
-            "reranker.dtype: float16 runs on CUDA only, but actor.num_gpus is 0 (CPU). fp16 matmul "
-            "on CPU is about 100x slower; use auto, bfloat16 or float32, or give the actor a GPU"
-        )
-    if cfg.actor.pool_size.min > cfg.actor.pool_size.max:
-        errors.append(f"actor.pool_size: min {cfg.actor.pool_size.min} > max {cfg.actor.pool_size.max}")
-    budget = cfg.reranker.max_tokens_per_batch
-    if budget is not None and budget < cfg.reranker.max_length:
-        errors.append(
-            f"reranker.max_tokens_per_batch ({cfg.reranker.max_tokens_per_batch}) must be at least "
-            f"reranker.max_length ({cfg.reranker.max_length}) so one full pair fits in a forward pass"
-        )
-    if cfg.input.columns.instruction and cfg.reranker.backend != "llm_yes_no":
+    errors = [e for key, stage in cfg.stages() for e in stage_checks(key, stage.reranker, stage.actor)]
+    for i, stage in enumerate(cfg.cascade):
+        before = cfg.cascade[i - 1].top_n if i else None
+        if before is not None and stage.top_n > before:
+            errors.append(f"cascade.{i}.top_n ({stage.top_n}) must not exceed cascade.{i - 1}.top_n ({before}): "
+                          "a stage only sees what the previous stage passed on")
+    backends = {stage.reranker.backend for _, stage in cfg.stages()}
+    if cfg.input.columns.instruction and "llm_yes_no" not in backends:
         errors.append(
             f"input.columns.instruction: only backend llm_yes_no takes a task instruction; "
-            f"{cfg.reranker.backend} would ignore it"
+            f"{', '.join(sorted(backends))} would ignore it"
         )
     for name in cfg.input.extra_columns:
-        if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith("_"):
+        if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith(("_", "stage")):
             errors.append(
                 f"input.extra_columns: {name!r} collides with a column the job uses "
-                f"({', '.join(OUTPUT_COLUMNS)}, query, doc, path, or a name starting with _); "
+                f"({', '.join(OUTPUT_COLUMNS)}, query, doc, path, stage<N>_*, or a name starting with _); "
                 "rename it in the input"
             )
     return errors
 
 
 def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
-    """The pydantic model class that owns the field at `loc`, or None."""
-    for part in loc:
+    """The pydantic model class that owns the field at `loc`, or None. List indices are
+    stepped over; a discriminated union's backend tag after `reranker` picks its family."""
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if isinstance(part, int):
+            continue
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         field = model.model_fields.get(str(part))
         if field is None:
             return None
-        ann = field.annotation
-        options = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
-        model = options[0] if options else ann
+        if part == "reranker" and parts and parts[0] in BACKENDS:
+            model = BACKENDS[parts.pop(0)].config_class
+            continue
+        options = [a for a in _flat_args(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = options[0] if options else field.annotation
     return model
 
 
-def _located(loc: tuple[Any, ...]) -> tuple[Any, str]:
+def _flat_args(annotation: Any) -> list[Any]:
+    args = typing.get_args(annotation)
+    return [x for a in args for x in ([a] if isinstance(a, type) else _flat_args(a))] if args else [annotation]
+
+
+def _located(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[Any, str]:
     """(model class owning the field at loc, dotted key as the user wrote it)."""
     # A discriminated union puts the backend tag into loc: ('reranker', 'bi_encoder', 'x').
-    if len(loc) > 1 and loc[0] == "reranker" and loc[1] in BACKENDS:
-        root, prefix, loc = BACKENDS[loc[1]].config_class, ("reranker",), loc[2:]
-    else:
-        root, prefix = JobConfig, ()
-    return _model_at(root, loc[:-1]), ".".join(str(p) for p in prefix + loc) or "(top level)"
+    shown = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "reranker" and p in BACKENDS)]
+    return _model_at(root, loc[:-1]), ".".join(str(p) for p in shown) or "(top level)"
 
 
-def _format(err: dict[str, Any]) -> str:
-    owner, key = _located(tuple(err["loc"]))
+def format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
+    """One pydantic error as `key: what is wrong (what is accepted)`."""
+    owner, key = _located(tuple(err["loc"]), root)
     kind = err["type"]
     if kind == "extra_forbidden":
         accepted = ", ".join(owner.model_fields) if owner else "?"
@@ -170,23 +216,33 @@ def _format(err: dict[str, Any]) -> str:
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
-    """Set `a.b.c=value` in nested dicts; the value is parsed as YAML (numbers, lists, null)."""
+    """Set `a.b.c=value` in nested dicts (`cascade.0.top_n=20` indexes a list); the value is
+    parsed as YAML (numbers, lists, null)."""
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r}: expected key.sub=value, e.g. reranker.dtype=float32")
-    *parents, leaf = key.split(".")
-    node = data
-    for i, part in enumerate(parents):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(parents[: i + 1])
-            raise ConfigError(f"override {override!r}: {where} is a value, not a section")
-        node = child
-    node[leaf] = yaml.safe_load(raw) if raw else ""
+    parts = key.split(".")
+    value = yaml.safe_load(raw) if raw else ""
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {override!r}: {'.'.join(parts[:i])} is a list of {len(node)} "
+                                  f"item(s); {part!r} is not one of its indices")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[:i])} is a value, not a section")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML job config, apply overrides, validate; raise ConfigError listing every problem."""
+def load_yaml(path: str | Path, overrides: list[str] | None, model: type[M],
+              cross_checks: Callable[[M], list[str]] = lambda _: []) -> M:
+    """Read a YAML config, apply `key.sub=value` overrides, validate as `model`, then run
+    `cross_checks`; raise ConfigError listing every problem at once."""
     try:
         text = Path(path).read_text()
     except OSError as e:
@@ -205,13 +261,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConf
             errors.append(str(e))
     cfg = None
     try:
-        cfg = JobConfig.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as e:
-        errors += [_format(err) for err in e.errors(include_url=False)]
+        errors += [format_error(err, model) for err in e.errors(include_url=False)]
     if cfg is not None:
-        errors += _cross_checks(cfg)
+        errors += cross_checks(cfg)
     if errors:
         listing = "\n  - ".join(errors)
         raise ConfigError(f"config {path}: {len(errors)} error(s):\n  - {listing}")
     assert cfg is not None
     return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+    """Read a rerank job's YAML config (see load_yaml)."""
+    return load_yaml(path, overrides, JobConfig, _cross_checks)

@@ -4,6 +4,7 @@ Layout of output.path after a successful run:
     part-00000.parquet ...   the ranked rows (what pyarrow.dataset / Spark read)
     _quarantine/*.parquet    skipped pairs: ids, reason, input file (when there are any)
     _run_report.json/.txt    counts, stage times, model, inputs, versions
+    _report.html             the same, with figures, readable offline
     _SUCCESS                 JSON: run id, row count, files; written last
     _checkpoints/            per-input-file scores of an unfinished run (jobs.checkpoints)
 Everything the job writes besides the ranked rows starts with `_`, so readers that
@@ -31,7 +32,11 @@ STAGING = "_staging"
 QUARANTINE = "_quarantine"
 REPORT_JSON = "_run_report.json"
 REPORT_TEXT = "_run_report.txt"
-SIDE_OUTPUTS = (QUARANTINE, REPORT_JSON, REPORT_TEXT)  # replaced together with the part files
+REPORT_HTML = "_report.html"
+FLAG_EMBEDDING = "_flag_embedding"  # distillation: FlagEmbedding reranker JSONL
+CROSS_ENCODER = "_cross_encoder"  # distillation: (query, doc, label) Parquet
+# Replaced together with the part files:
+SIDE_OUTPUTS = (QUARANTINE, REPORT_JSON, REPORT_TEXT, REPORT_HTML, FLAG_EMBEDDING, CROSS_ENCODER)
 
 
 class OutputError(UserError):
@@ -159,3 +164,12 @@ class OutputDir:
         self._remove_staging()
         if self._created_root and self.fs.isdir(self.root) and not self.fs.ls(self.root):
             self.fs.rm(self.root, recursive=True)
+
+
+def commit_run(out: OutputDir, staged: str, report: dict[str, Any], text: str, html: str,
+               side: dict[str, str]) -> None:
+    """Stage the run reports next to `side`, then commit them with the part files in `staged`."""
+    reports = {REPORT_JSON: json.dumps(report, indent=2), REPORT_TEXT: text + "\n", REPORT_HTML: html}
+    for name, content in reports.items():
+        out.fs.pipe_file(out.staging(name), content.encode())
+    out.commit(staged, report, side | {name: out.staging(name) for name in reports})

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.checkpoints import Checkpoints
-from jobs.schema import DOC_ID, QUERY_ID, SCORE, SKIP_REASON
+from jobs.schema import DOC, DOC_ID, QUERY, QUERY_ID, SCORE, SKIP_REASON
 from jobs.stages import Scored
 
 REASON = "reason"
@@ -31,8 +31,10 @@ def write_quarantine(fs: fsspec.AbstractFileSystem, checkpoints: Checkpoints, sc
             continue
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
-        table = table.filter(pc.is_valid(table[SKIP_REASON])).drop_columns([SCORE])
-        rest = [c for c in table.column_names if c not in (QUERY_ID, DOC_ID, SKIP_REASON)]
+        table = table.filter(pc.is_valid(table[SKIP_REASON]))
+        # first-stage and extra columns; never texts, scores or the job's own columns
+        rest = [c for c in table.column_names if c not in (QUERY_ID, DOC_ID, QUERY, DOC, SCORE)
+                and not c.startswith(("_", "score_"))]
         table = pa.table({
             QUERY_ID: table[QUERY_ID], DOC_ID: table[DOC_ID], REASON: table[SKIP_REASON],
             INPUT_FILE: pa.array([entry.input] * len(table), pa.string()),

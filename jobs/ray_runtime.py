@@ -54,32 +54,37 @@ def configure_data_context() -> None:
     ctx.raise_original_map_exception = True
 
 
-def check_pool_fits(actor: ActorConfig) -> None:
-    """Refuse a CPU actor pool that leaves no CPU for the read tasks: Ray Data then waits forever."""
-    if actor.num_gpus > 0 or actor.resources:
+def check_pool_fits(actors: list[ActorConfig]) -> None:
+    """Refuse CPU actor pools that run together and leave no CPU for the read tasks: Ray
+    Data then waits forever."""
+    cpu_pools = [a for a in actors if not (a.num_gpus > 0 or a.resources)]
+    if not cpu_pools:
         return
     total = ray.cluster_resources().get("CPU", 0)
-    need = actor.pool_size.min * actor.num_cpus
+    need = sum(a.pool_size.min * a.num_cpus for a in cpu_pools)
     if 0 < total <= need:  # (0 CPUs: an autoscaling cluster that has not added workers yet)
+        shown = " + ".join(f"{a.pool_size.min} x {a.num_cpus}" for a in cpu_pools)
         raise ConfigError(
-            f"actor.pool_size.min ({actor.pool_size.min}) x actor.num_cpus ({actor.num_cpus}) = {need} "
-            f"CPUs, but the cluster has {total:g}; the read stage then never gets a CPU and the job "
-            "hangs. Lower the pool size or num_cpus (fractions are allowed, e.g. num_cpus: 0.5)."
+            f"actor.pool_size.min x actor.num_cpus of the pools that run together: {shown} = {need:g} CPUs, "
+            f"but the cluster has {total:g}; the read stage then never gets a CPU and the job hangs. "
+            "Lower the pool size or num_cpus (fractions are allowed, e.g. num_cpus: 0.5)."
         )
 
 
 @contextmanager
-def actor_pool_deadline(actor: ActorConfig) -> Iterator[None]:
-    """Fail, instead of waiting forever, when the pool's first actors cannot be placed
+def actor_pool_deadline(actors: list[ActorConfig]) -> Iterator[None]:
+    """Fail, instead of waiting forever, when a pool's first actors cannot be placed
     within actor.start_timeout_s (e.g. num_gpus on a cluster without GPUs)."""
-    ray.data.DataContext.get_current().wait_for_min_actors_s = actor.start_timeout_s
+    ray.data.DataContext.get_current().wait_for_min_actors_s = max(a.start_timeout_s for a in actors)
     try:
         yield
     except ray.exceptions.GetTimeoutError as e:
-        wants = f"num_cpus={actor.num_cpus}, num_gpus={actor.num_gpus}, resources={dict(actor.resources)}"
+        wants = "; ".join(f"num_cpus={a.num_cpus}, num_gpus={a.num_gpus}, resources={dict(a.resources)}"
+                          for a in actors)
         raise ConfigError(
-            f"the actor pool did not start within actor.start_timeout_s ({actor.start_timeout_s:g} s): "
-            f"no node offers what one actor asks for ({wants}); cluster has {ray.cluster_resources()}"
+            f"an actor pool did not start within actor.start_timeout_s "
+            f"({max(a.start_timeout_s for a in actors):g} s): no node offers what one actor asks for "
+            f"({wants}); cluster has {ray.cluster_resources()}"
         ) from e
 
 

@@ -10,23 +10,30 @@ With no cluster address (ray.address / RAY_ADDRESS) the job starts a local Ray.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import ray
+
+from jobs.cascade import rank_cascade
 from jobs.checkpoints import Checkpoints, fingerprint
+from jobs.cli import run_cli
 from jobs.config import JobConfig, load_config
-from jobs.errors import InputError, find_user_error
-from jobs.evaluate import Qrels, evaluate, load_qrels, mean, read_run
+from jobs.errors import InputError
+from jobs.evaluate import Qrels, Run, evaluate, load_qrels, mean, read_run
+from jobs.fs import arrow_filesystem
 from jobs.inputs import discover
-from jobs.output import QUARANTINE, REPORT_JSON, REPORT_TEXT, OutputDir, OutputError
+from jobs.output import QUARANTINE, OutputDir, OutputError, commit_run
 from jobs.quarantine import write_quarantine
 from jobs.ray_runtime import check_pool_fits, ray_session
-from jobs.schema import FIRST_STAGE_RANK, FIRST_STAGE_SCORE, RANK, SCORE
-from jobs.stages import Scored, count_queries, footer_rows, parquet_files, rank_pairs, score_pairs
+from jobs.report_html import ScoreSeries, render_report, sample_rows
+from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, RANK, SCORE, stage_rank, stage_score
+from jobs.score_cache import ScoreCache, write_cache
+from jobs.stages import Scored, Scorer, count_queries, footer_rows, parquet_files, rank_pairs, score_pairs
 from jobs.summary import RunSummary
 
 
@@ -43,22 +50,26 @@ class Stopwatch:
             self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
-def _evaluate(cfg: JobConfig, out: OutputDir, scored: list[str], qrels: Qrels) -> tuple[dict, int]:
-    """Mean metrics of the first stage (all scored pairs) and of the reranked output."""
+def _runs(cfg: JobConfig, out: OutputDir, scored: list[str], qrels: Qrels) -> dict[str, Run]:
+    """What to evaluate: the first stage on all scored pairs (before top_k), each cascade
+    stage but the last (on the rows the output keeps), and the final ranking."""
     ranked = parquet_files(out.fs, out.staging("ranked"))
-    runs = {"reranked": read_run(out.fs, ranked, set(qrels), RANK)}
+    runs: dict[str, Run] = {}
     c = cfg.input.columns
     first = FIRST_STAGE_RANK if c.rank else FIRST_STAGE_SCORE if c.score else None
     if first:
-        runs = {"first stage": read_run(out.fs, scored, set(qrels), first, where_valid=SCORE)} | runs
-    per_stage = {stage: evaluate(run, qrels, cfg.eval.k) for stage, run in runs.items()}
-    return {stage: mean(pq) for stage, pq in per_stage.items()}, len(per_stage["reranked"])
+        runs["first stage"] = read_run(out.fs, scored, set(qrels), first, where_valid=SCORE)
+    for i in range(1, len(cfg.cascade) + 1):
+        runs[f"stage {i}"] = read_run(out.fs, ranked, set(qrels), stage_rank(i))
+    runs["reranked"] = read_run(out.fs, ranked, set(qrels), RANK)
+    return runs
 
 
 def scoring_fingerprint(cfg: JobConfig) -> str:
     """Everything that changes what a checkpoint holds: another value, other checkpoints."""
     inputs = cfg.input.model_dump(exclude={"path", "on_duplicate"})  # (on_duplicate acts after scoring)
-    return fingerprint({"reranker": cfg.reranker.model_dump(), "input": inputs})
+    return fingerprint({"reranker": cfg.reranker.model_dump(), "input": inputs,
+                        "texts kept": bool(cfg.cascade), "cache keys": cfg.cache.path is not None})
 
 
 def _check_ranked(cfg: JobConfig, scored: Scored, rows_out: int) -> None:
@@ -72,6 +83,30 @@ def _check_ranked(cfg: JobConfig, scored: Scored, rows_out: int) -> None:
         )
 
 
+def _stage_counts(cfg: JobConfig, out: OutputDir, ranked: list[str]) -> list[dict]:
+    """Per cascade stage: its model and how many output rows it scored."""
+    if not cfg.cascade:
+        return []
+    data = pads.dataset(ranked, filesystem=arrow_filesystem(out.fs), format="parquet")
+    return [{"stage": i, "model": stage.reranker.model, "backend": stage.reranker.backend,
+             "top_n": stage.top_n or None, "pairs": data.count_rows(filter=pc.field(stage_score(i)).is_valid())}
+            for i, (_, stage) in enumerate(cfg.stages(), start=1)]
+
+
+def _html_report(cfg: JobConfig, out: OutputDir, ranked: list[str], summary: RunSummary,
+                 per_query: dict[str, dict[str, dict[str, float]]]) -> str:
+    stages = [(f"stage {i}: {s.reranker.model}", stage_score(i), stage_rank(i))
+              for i, (_, s) in enumerate(cfg.stages(), start=1)] if cfg.cascade else [
+        (f"reranked: {cfg.reranker.model}", SCORE, RANK)]
+    series = [ScoreSeries(*s) for s in stages]
+    table = sample_rows(out.fs, ranked, [QUERY_ID, DOC_ID, RANK, FIRST_STAGE_RANK, *(s.score_column for s in series),
+                                         *(s.rank_column for s in series)])
+    ndcg = {stage: {q: m[f"ndcg@{cfg.eval.k}"] for q, m in pq.items()} for stage, pq in per_query.items()}
+    return render_report(table, series, title=f"batch-rerank {out.run_id}", counts=summary.counts(),
+                         first_stage_rank=FIRST_STAGE_RANK if cfg.input.columns.rank else None, ndcg=ndcg,
+                         k=cfg.eval.k)
+
+
 def run(cfg: JobConfig) -> RunSummary:
     clock = Stopwatch()
     with clock.stage("validate"):
@@ -80,25 +115,36 @@ def run(cfg: JobConfig) -> RunSummary:
         out = OutputDir(cfg.output.path)
         out.prepare(inputs.paths, inputs.dirs)
         checkpoints = Checkpoints(out.fs, out.root, scoring_fingerprint(cfg))
+        cache = ScoreCache(cfg.cache.path, cfg.reranker.model_dump()) if cfg.cache.path else None
     try:
         with ray_session(cfg.ray) as where:
-            check_pool_fits(cfg.actor)
+            check_pool_fits([cfg.actor])
+            check_pool_fits([stage.actor for stage in cfg.cascade])  # (stages 2.. run together)
             with clock.stage("score"):
-                scored = score_pairs(inputs, cfg, checkpoints)
+                index = cache.load() if cache else None
+                scorer = Scorer(SCORE, cfg.reranker, cfg.actor, ray.put(index) if index is not None else None)
+                scored = score_pairs(inputs, cfg.input, [scorer], checkpoints, keep_texts=bool(cfg.cascade))
             if scored.scored == 0:
                 raise InputError(
                     f"input.path {cfg.input.path!r}: no valid pairs to rank "
                     f"({scored.pairs} read, {scored.skipped} skipped as invalid)"
                 )
             shard_files = checkpoints.shard_files(scored.shard_ids)
-            with clock.stage("rank"):
-                rank_pairs(cfg, shard_files, out.staging("ranked"), out.fs, scored.scored)
+            with clock.stage("cascade + rank" if cfg.cascade else "rank"):
+                if cfg.cascade:
+                    rank_cascade(cfg, shard_files, out.staging("cascade"), out.staging("ranked"), out.fs,
+                                 scored.scored)
+                else:
+                    rank_pairs(cfg, shard_files, out.staging("ranked"), out.fs, scored.scored)
             ranked = parquet_files(out.fs, out.staging("ranked"))
             rows_out = footer_rows(out.fs, ranked)
             _check_ranked(cfg, scored, rows_out)
             queries = count_queries(out.fs, ranked)
             quarantined = write_quarantine(out.fs, checkpoints, scored, out.staging(QUARANTINE))
-            metrics, eval_queries = _evaluate(cfg, out, shard_files, qrels) if qrels else ({}, 0)
+            per_query = {stage: evaluate(r, qrels, cfg.eval.k) for stage, r in _runs(cfg, out, shard_files,
+                                                                                      qrels).items()} if qrels else {}
+            if cache:
+                write_cache(cache, shard_files, out.fs, out.run_id)
         summary = RunSummary(
             ray=where, input=str(cfg.input.path),
             input_files=[{"url": f.url, "size": f.size, "rows": f.num_rows} for f in inputs.files],
@@ -108,38 +154,28 @@ def run(cfg: JobConfig) -> RunSummary:
             dtype=", ".join(scored.dtypes), config_hash=fingerprint(cfg.model_dump()),
             resumed_files=scored.resumed, scored_now=scored.scored_now, run_id=out.run_id,
             score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
-            seconds=clock.seconds, metrics=metrics, eval_queries=eval_queries,
+            cached=scored.cached, cache=cache.url if cache else None, cache_entries=len(index) if cache else 0,
+            stages=_stage_counts(cfg, out, ranked),
+            seconds=clock.seconds, metrics={stage: mean(pq) for stage, pq in per_query.items()},
+            eval_queries=len(per_query.get("reranked", {})),
         )
-        side = {REPORT_JSON: out.staging(REPORT_JSON), REPORT_TEXT: out.staging(REPORT_TEXT)}
-        if quarantined:
-            side[QUARANTINE] = out.staging(QUARANTINE)
+        html = _html_report(cfg, out, ranked, summary, per_query)
+        side = {QUARANTINE: out.staging(QUARANTINE)} if quarantined else {}
         with clock.stage("commit"):
-            out.fs.pipe_file(side[REPORT_JSON], json.dumps(summary.to_dict(), indent=2).encode())
-            out.fs.pipe_file(side[REPORT_TEXT], (summary.render() + "\n").encode())
-            out.commit(out.staging("ranked"), summary.to_dict(), side)
+            commit_run(out, out.staging("ranked"), summary.to_dict(), summary.render(), html, side)
+        if cache:
+            cache.publish(out.run_id)
         checkpoints.remove_all()
     except BaseException:
         out.abort()  # (checkpoints stay: a rerun resumes from them)
+        if cache:
+            cache.discard(out.run_id)
         raise
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.rerank", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="job YAML, e.g. configs/demo.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="override config keys, e.g. output.path=/tmp/out reranker.dtype=float32")
-    args = parser.parse_args(argv)
-    try:
-        summary = run(load_config(args.config, args.overrides))
-    except Exception as e:
-        user_error = find_user_error(e)
-        if user_error is None:
-            raise
-        print(f"batch-rerank: error: {user_error}", file=sys.stderr)
-        return 2
-    print(summary.render())
-    return 0
+    return run_cli("python -m jobs.rerank", __doc__.split("\n")[0], "configs/demo.yaml", load_config, run, argv)
 
 
 if __name__ == "__main__":

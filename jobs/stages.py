@@ -14,6 +14,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from jobs.checkpoints import Checkpoints, ShardAssembler, ShardEntry, shard_id
-from jobs.config import JobConfig
+from jobs.config import ActorConfig, InputConfig, JobConfig
 from jobs.fs import arrow_filesystem
 from jobs.inputs import Inputs
 from jobs.normalize import Normalizer
@@ -31,6 +32,7 @@ from jobs.ranking import Ranker, rank_queries
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
 from jobs.schema import BATCH_END, BATCH_START, QUERY_ID, RANK, SKIP_REASON
 from reranker_actors.actor import ScoreActor
+from reranker_actors.base import RerankerConfig
 
 ROWS_PER_RANK_PARTITION = 1_000_000
 
@@ -63,12 +65,36 @@ class Scored:
         return sum(e.truncated for e in self.entries)
 
     @property
+    def cached(self) -> int:
+        return sum(e.cached for e in self.entries)
+
+    @property
     def dtypes(self) -> list[str]:
         return sorted({d for e in self.entries for d in e.dtypes})
 
 
-def score_pairs(inputs: Inputs, cfg: JobConfig, checkpoints: Checkpoints) -> Scored:
-    """Score every input file that has no checkpoint yet; checkpoint each as it completes."""
+@dataclass(frozen=True)
+class Scorer:
+    """One actor-pool stage of the score pipeline: a model, its pool, and its score column."""
+
+    column: str  # `score`, or a teacher's own column
+    reranker: RerankerConfig
+    actor: ActorConfig
+    cache: Any = None  # ObjectRef of the jobs.score_cache.CacheIndex to look pairs up in, or None
+
+    def constructor_kwargs(self, on_invalid: str, keep_texts: bool) -> dict[str, Any]:
+        return {"reranker": self.reranker.model_dump(), "expect_gpu": self.actor.num_gpus > 0,
+                "threads": self.actor.threads or max(1, round(self.actor.num_cpus)), "on_invalid": on_invalid,
+                "score_column": self.column, "keep_texts": keep_texts, "cache": self.cache}
+
+
+def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], checkpoints: Checkpoints,
+                keep_texts: bool = False) -> Scored:
+    """Score every input file that has no checkpoint yet; checkpoint each as it completes.
+
+    The scorers run one after the other on each block (each its own actor pool); the
+    last drops the texts unless `keep_texts` (a later stage or the labels need them).
+    """
     ids = [shard_id(inputs.fs, f) for f in inputs.files]
     with ThreadPoolExecutor(max_workers=16) as pool:  # (each check reads a shard file on S3)
         found = dict(zip(ids, pool.map(checkpoints.completed, ids)))
@@ -77,28 +103,25 @@ def score_pairs(inputs: Inputs, cfg: JobConfig, checkpoints: Checkpoints) -> Sco
     scored_now, startup_s, steady = 0, 0.0, 0.0
     if pending:
         files = [f for _, f in pending]
-        threads = cfg.actor.threads or max(1, round(cfg.actor.num_cpus))
-        with actor_pool_deadline(cfg.actor):  # (a dataset keeps the DataContext of its creation)
+        # (a dataset keeps the DataContext of its creation)
+        with actor_pool_deadline([s.actor for s in scorers]):
             ds = ray.data.read_parquet(
                 [f.path for f in files], filesystem=ray_filesystem(inputs.fs), columns=inputs.columns,
                 include_paths=True,
             )
-            ds = ds.map_batches(Normalizer(cfg.input, {f.path: i for i, f in enumerate(files)}),
+            ds = ds.map_batches(Normalizer(input_cfg, {f.path: i for i, f in enumerate(files)}),
                                 batch_format="pyarrow")
-            ds = ds.map_batches(
-                ScoreActor, batch_format="pyarrow",
-                **actor_pool_args(cfg.actor, {
-                    "reranker": cfg.reranker.model_dump(), "expect_gpu": cfg.actor.num_gpus > 0,
-                    "threads": threads, "on_invalid": cfg.input.on_invalid,
-                }),
-            )
+            for i, scorer in enumerate(scorers):
+                keep = keep_texts or i < len(scorers) - 1
+                ds = ds.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(
+                    scorer.actor, scorer.constructor_kwargs(input_cfg.on_invalid, keep)))
             assembler, window = ShardAssembler(files), ActorWindow(time.time())
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 window.add(batch)
                 for index, table in assembler.add(batch):
                     sid, file = pending[index]
                     done[sid] = checkpoints.write(sid, file, table)
-                    scored_now += done[sid].rows - done[sid].skipped
+                    scored_now += done[sid].rows - done[sid].skipped - done[sid].cached
             assembler.check_complete()
             startup_s, steady = window.startup_s, window.pairs_per_s(scored_now)
     return Scored(ids, [done[s] for s in ids], len(inputs.files) - len(pending), scored_now,

@@ -44,6 +44,10 @@ class RunSummary:
     run_id: str = ""
     score_startup_s: float = 0.0  # score stage start -> first batch begins (actors up, models loaded)
     score_steady_pairs_per_s: float = 0.0  # pairs/s from the first batch's start to the last's end
+    cached: int = 0  # pairs whose score came from the score cache
+    cache: str | None = None  # the score cache's namespace directory, when one is used
+    cache_entries: int = 0  # pairs the cache held when the run started
+    stages: list[dict] = field(default_factory=list)  # cascade: per stage model, backend, top_n, pairs
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> mean metrics
     eval_queries: int = 0
@@ -55,9 +59,21 @@ class RunSummary:
 
     def pairs_per_s(self) -> dict[str, float]:
         """Per stage: pairs handled per second (score: pairs this run scored)."""
-        handled = {"score": self.scored_now, "rank": self.scored}
+        handled = {"score": self.scored_now, "rank": self.scored, "cascade + rank": self.scored}
         return {stage: round(handled[stage] / s, 2) for stage, s in self.seconds.items()
                 if stage in handled and s > 0}
+
+    def counts(self) -> dict[str, object]:
+        """The counts a person looks at first (the HTML report's table)."""
+        out: dict[str, object] = {
+            "input files": len(self.input_files), "pairs read": self.pairs, "pairs scored": self.scored,
+            "scored by the model in this run": self.scored_now, "taken from the score cache": self.cached,
+            "skipped (quarantined)": self.skipped, "truncated": self.truncated, "queries": self.queries,
+            "rows out": self.rows_out, "model": self.model, "dtype": self.dtype,
+            "pairs/s (score stage)": self.pairs_per_s().get("score", 0.0),
+        }
+        out |= {f"stage {s['stage']} pairs ({s['model']})": s["pairs"] for s in self.stages}
+        return out | {f"{stage} seconds": s for stage, s in self.seconds.items()}
 
     def to_dict(self) -> dict:
         return {**asdict(self), "scored": self.scored, "pairs_per_s": self.pairs_per_s()}
@@ -79,6 +95,13 @@ class RunSummary:
             "  stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()),
             f"  output    {self.output} ({self.rows_out:,} rows in {self.files_out} file(s))",
         ]
+        if self.cache:
+            lines.append(f"  cache     {self.cached:,} pair(s) from the score cache ({self.cache_entries:,} entries "
+                         f"in {self.cache}), {self.scored_now:,} scored by the model")
+        for stage in self.stages:
+            which = f"top {stage['top_n']} per query" if stage["top_n"] else "all pairs"
+            lines.append(f"  stage {stage['stage']}   {stage['model']} ({stage['backend']}): "
+                         f"{stage['pairs']:,} pairs ({which})")
         if self.quarantined:
             lines.append(f"  quarantine {self.quarantined:,} pair(s) with reasons in {self.output}/_quarantine/")
         for stage, m in self.metrics.items():

@@ -6,6 +6,8 @@ Enabled by the environment variable BATCH_RERANK_TEST_FAULTS holding JSON, e.g.
                                                    once per marker_dir across all actors
     {"raise_on_doc_id": "d7"}                      scoring raises for any batch holding d7
     {"count_file": "/tmp/n"}                       each batch appends how many pairs it scored
+    {"resources_file": "/tmp/r"}                   each actor appends its model and the Ray
+                                                   resources it was given (a JSON line)
 The job forwards the variable to its workers (runtime_env). Unset, nothing here runs.
 """
 
@@ -31,12 +33,21 @@ class Faults:
     marker_dir: str | None = None
     raise_on_doc_id: str | None = None
     count_file: str | None = None
+    resources_file: str | None = None
     calls: int = 0
 
     @classmethod
     def from_env(cls) -> Faults | None:
         raw = os.environ.get(ENV)
         return cls(**json.loads(raw)) if raw else None
+
+    def started(self, model: str) -> None:
+        if self.resources_file is not None:
+            import ray
+
+            given = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
+            with open(self.resources_file, "a") as f:
+                f.write(json.dumps({"model": model, "resources": given}) + "\n")
 
     def before_batch(self) -> None:
         self.calls += 1

@@ -19,6 +19,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "cranfield"
+FAKE_GPU = "fake_gpu"
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +56,11 @@ def ray_local() -> Any:
 @pytest.fixture(scope="session")
 def ray_head() -> Any:
     """A real `ray start --head` cluster on loopback, shared by the tests that submit jobs
-    or run drivers as subprocesses."""
+    or run drivers as subprocesses. It offers 2 units of a custom resource `fake_gpu`,
+    standing in for GPUs in the per-stage resource tests."""
     from tests.ray_head import ray_head as start
 
-    with start() as head:
+    with start(resources={FAKE_GPU: 2}) as head:
         yield head
 
 
@@ -96,3 +98,16 @@ def job_config(tmp_path: Path, input_path: Path | str, model: str, **sections: A
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value}
     return data
+
+
+def header_command(config: Path, job: str, tmp_path: Path) -> list[str]:
+    """The `key=value` overrides of the last `python -m <job>` command in a shipped config's
+    header (the one for the bundled sample), with its /tmp and out/ paths moved under tmp_path
+    and its sample paths made absolute, so the documented command is the one tested."""
+    import re
+
+    header = "".join(line[1:] for line in config.read_text().splitlines(keepends=True) if line.startswith("#"))
+    command = header.split(f"python -m {job}")[-1].split("\n\n", 1)[0]
+    words = [w for w in re.sub(r"\\\n", " ", command).split() if "=" in w]
+    moved = [re.sub(r"=out/", f"={tmp_path}/out/", w.replace("/tmp/", f"{tmp_path}/")) for w in words]
+    return [re.sub(r"=samples/", f"={REPO}/samples/", w) for w in moved]

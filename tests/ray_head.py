@@ -5,6 +5,7 @@ Never `ray stop`, which would stop every Ray on the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -40,7 +41,7 @@ def free_ports(n: int) -> list[int]:
 
 
 @contextmanager
-def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
+def ray_head(num_cpus: int = 2, resources: dict[str, float] | None = None) -> Iterator[RayHead]:
     gcs, dashboard, client, agent, metrics = free_ports(5)
     temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths are limited
     env = os.environ | {
@@ -53,7 +54,8 @@ def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
         [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", f"--port={gcs}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-         f"--metrics-export-port={metrics}", f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--metrics-export-port={metrics}", f"--temp-dir={temp}", "--disable-usage-stats",
+         *([f"--resources={json.dumps(resources)}"] if resources else [])],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
@@ -79,3 +81,23 @@ def ray_head(num_cpus: int = 2) -> Iterator[RayHead]:
             head.wait(timeout=15)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def driver(head: RayHead, config: Path, faults: dict | None = None, *overrides: str) -> subprocess.Popen:
+    """`python -m jobs.rerank` as a driver of `head`'s cluster, with test faults injected."""
+    from reranker_actors.faults import ENV as FAULTS_ENV
+    from tests.conftest import REPO
+
+    # One read task per small file (Ray Data packs Parquet files up to 128 MiB into one
+    # read by default), so shards complete, and are checkpointed, one by one.
+    env = head.env | {"RAY_ADDRESS": head.gcs, "RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1"}
+    env.pop(FAULTS_ENV, None)
+    if faults:
+        env[FAULTS_ENV] = json.dumps(faults)
+    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", "--config", str(config), *overrides],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out

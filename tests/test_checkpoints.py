@@ -17,7 +17,9 @@ def scored(shard: int, qids: list[str], dids: list[str], units: list[int]) -> pa
     return pa.table({"query_id": qids, "doc_id": dids, "_skip_reason": pa.nulls(n, pa.string()),
                      "_shard": pa.array([shard] * n, pa.int32()), "_units": pa.array(units, pa.int32()),
                      "score": pa.array([float(i) for i in range(n)], pa.float32()),
-                     "_dtype": ["float32"] * n, "_truncated": pa.array([0] * n, pa.int32())})
+                     "_dtype": ["float32"] * n, "_truncated": pa.array([0] * n, pa.int32()),
+                     "_batch_start": pa.array([1.0] + [None] * (n - 1), pa.float64()),
+                     "_batch_end": pa.array([2.0] + [None] * (n - 1), pa.float64())})
 
 
 def files(*rows: int) -> list[InputFile]:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,19 @@ def test_configs_are_shipped() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_loads_and_shows_its_submit_command(path: Path) -> None:
-    cfg = load_config(path)
+    """Each config loads with the job its header's command runs."""
+    from jobs import distill_config
+
     header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
-    assert "ray job submit" in header and f"--config configs/{path.name}" in header
-    assert cfg.reranker.model and cfg.output.path
+    job = re.search(r"python -m (jobs\.\w+) --config configs/" + re.escape(path.name), header)
+    assert "ray job submit" in header and job, header
+    if job.group(1) == "jobs.distill_labels":
+        cfg = distill_config.load_config(path)
+        assert all(t.reranker.model for t in cfg.teachers) and cfg.output.path
+    else:
+        assert job.group(1) == "jobs.rerank"
+        cfg = load_config(path)
+        assert cfg.reranker.model and cfg.output.path
 
 
 def test_contract_keys_override_from_the_command_line(tmp_path: Path) -> None:

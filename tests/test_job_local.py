@@ -102,7 +102,10 @@ def test_every_pair_scored_once_ranked_and_passed_through(tmp_path: Path, tiny_b
     assert ties["doc_id"].to_pylist() == ["t-a", "t-b", "t-c"]
     assert len(set(ties["score"].to_pylist())) == 1
     hidden = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("_"))
-    assert hidden == ["_SUCCESS", "_run_report.json", "_run_report.txt"]  # checkpoints removed
+    assert hidden == ["_SUCCESS", "_report.html", "_run_report.json", "_run_report.txt"]  # checkpoints removed
+    html = (tmp_path / "out" / "_report.html").read_text()
+    assert html.count('<figure class="histogram"') == 1 and 'data-total="606"' in html  # rank shift: every pair
+    assert "湍流" not in html and "identical" not in html  # ids and numbers, never texts
     report = json.loads((tmp_path / "out" / "_run_report.json").read_text())
     assert (report["pairs"], report["scored_now"], report["rows_out"], report["queries"]) == (606, 606, 606, 22)
     assert [f["rows"] for f in report["input_files"]] == [pq.ParquetFile(f).metadata.num_rows
@@ -196,7 +199,7 @@ def test_duplicates_fail_by_default_and_dedupe_on_request(tmp_path: Path, tiny_b
 def test_a_pool_that_would_deadlock_two_cpus_is_refused(tmp_path: Path, tiny_bert_dir: str) -> None:
     path = write_config(tmp_path / "job.yaml", job_config(tmp_path, tmp_path, tiny_bert_dir))
     write_shards(tmp_path / "in", [sample_pairs().slice(0, 5)])
-    with pytest.raises(ConfigError, match=r"actor.pool_size.min \(2\) x actor.num_cpus \(1.0\) = 2.0 CPUs"):
+    with pytest.raises(ConfigError, match=r"pools that run together: 2 x 1.0 = 2 CPUs, but the cluster has 2"):
         run(load_config(path, [f"input.path={tmp_path / 'in'}", "actor.pool_size=2"]))
     assert not (tmp_path / "out").exists()
 

@@ -63,3 +63,42 @@ def test_dedupe_keeps_the_best_scored_copy() -> None:
     out = Ranker(model="m", on_duplicate="dedupe")(table)
     assert ranks(out) == [("q", "a", 1), ("q", "b", 2)]
     assert out["score"].to_pylist() == [2.0, 1.5]
+
+
+def test_stage_ranker_ranks_one_stage_and_keeps_texts_only_for_the_next_stage() -> None:
+    from jobs.ranking import StageRanker
+
+    table = pa.table({"query_id": ["q", "q", "q", "p"], "doc_id": ["a", "b", "c", "x"],
+                      "query": ["Q"] * 4, "doc": ["A", "B", "C", "X"],
+                      "stage1_score": pa.array([0.1, 0.9, 0.5, 0.0], pa.float32())})
+    out = StageRanker(stage=1, top_n=2)(table)
+    rows = {(r["query_id"], r["doc_id"]): r for r in out.to_pylist()}
+    assert {k: r["stage1_rank"] for k, r in rows.items()} == {("q", "b"): 1, ("q", "c"): 2, ("q", "a"): 3,
+                                                               ("p", "x"): 1}
+    assert {k: r["doc"] for k, r in rows.items()} == {("q", "b"): "B", ("q", "c"): "C", ("q", "a"): None,
+                                                      ("p", "x"): "X"}
+    with pytest.raises(InputError, match=r"extra cop\(ies\)"):
+        StageRanker(stage=1, top_n=2)(pa.concat_tables([table, table.slice(0, 1)]))
+
+
+def test_cascade_ranker_puts_the_last_stage_first_then_each_earlier_stage() -> None:
+    from jobs.ranking import CascadeRanker
+
+    # q: stage 1 scored 5 docs, stage 2 its top 3 (c, d, e), stage 3 the top 2 of those (d, e)
+    s1 = [0.1, 0.2, 0.3, 0.4, 0.5]
+    s2 = [None, None, 9.0, 7.0, 8.0]
+    s3 = [None, None, None, -1.0, -2.0]
+    table = pa.table({"query_id": ["q"] * 5, "doc_id": list("abcde"),
+                      "stage1_score": pa.array(s1, pa.float32()), "stage1_rank": pa.array([5, 4, 3, 2, 1], pa.int32()),
+                      "stage2_score": pa.array(s2, pa.float32()),
+                      "stage2_rank": pa.array([None, None, 1, 3, 2], pa.int32()),
+                      "stage3_score": pa.array(s3, pa.float32())})
+    out = CascadeRanker(models=("m1", "m2", "m3"))(table)
+    got = [(r["doc_id"], r["rank"], r["model"], r["score"]) for r in out.to_pylist()]
+    assert got == [("d", 1, "m3", -1.0), ("e", 2, "m3", -2.0), ("c", 3, "m2", 9.0),
+                   ("b", 4, "m1", pytest.approx(0.2)), ("a", 5, "m1", pytest.approx(0.1))]
+    assert out["stage3_rank"].to_pylist() == [1, 2, None, None, None]
+    assert out.column_names == ["query_id", "doc_id", "score", "rank", "model", "stage1_score", "stage1_rank",
+                                "stage2_score", "stage2_rank", "stage3_score", "stage3_rank"]
+    top = CascadeRanker(models=("m1", "m2", "m3"), top_k=2)(table)
+    assert top["doc_id"].to_pylist() == ["d", "e"]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
-from reranker_actors.faults import ENV as FAULTS_ENV
 from reranker_actors.registry import build_reranker
-from tests.conftest import REPO, job_config, published, sample_pairs, write_config, write_shards
-from tests.ray_head import RayHead
+from tests.conftest import job_config, published, sample_pairs, write_config, write_shards
+from tests.ray_head import RayHead, driver, finish
 
 SHARDS = 6
 
@@ -37,22 +34,6 @@ def setup_job(tmp_path: Path, model: str, **sections: Any) -> tuple[Path, pa.Tab
     in_dir = write_shards(tmp_path / "in", [table.slice(i * step, step) for i in range(SHARDS)])
     cfg = job_config(tmp_path, in_dir, model, **{"actor": {"batch_size": 25}, **sections})
     return write_config(tmp_path / "job.yaml", cfg), table
-
-
-def driver(head: RayHead, config: Path, faults: dict | None = None, *overrides: str) -> subprocess.Popen:
-    # One read task per small file (Ray Data packs Parquet files up to 128 MiB into one
-    # read by default), so the six shards complete, and are checkpointed, one by one.
-    env = head.env | {"RAY_ADDRESS": head.gcs, "RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1"}
-    env.pop(FAULTS_ENV, None)
-    if faults:
-        env[FAULTS_ENV] = json.dumps(faults)
-    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", "--config", str(config), *overrides],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=600)
-    return proc.returncode, out
 
 
 def scores_by_pair(model: str, table: pa.Table) -> dict[tuple[str, str], float]:

@@ -1,0 +1,98 @@
+"""Cascades (tiered reranking): stage 2 scores only stage 1's best N per query, and so on.
+
+    checkpoints (stage 1: ids, scores, texts)
+      -> map_groups(query_id, StageRanker(1))  -> _staging/.../stage1/   (texts only on the top N)
+      -> read where stage1_rank <= N -> stage 2 actor pool --+
+      -> read where it is not --------------------------------+-> union -> ... -> map_groups(CascadeRanker)
+Each stage has its own model and actor pool (its own resources). Stage 1 is checkpointed
+per input file like a plain run; later stages run after it, from the staged ranking.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import ray.data
+
+from jobs.config import JobConfig
+from jobs.fs import arrow_filesystem
+from jobs.ranking import CascadeRanker, StageRanker, rank_queries
+from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
+from jobs.schema import (
+    DOC,
+    INSTRUCTION,
+    KEY_PREFIX,
+    QUERY,
+    QUERY_ID,
+    SCORE,
+    SKIP_REASON,
+    stage_rank,
+    stage_score,
+)
+from jobs.stages import Scorer
+from reranker_actors.actor import ScoreActor
+
+ROWS_PER_RANK_PARTITION = 1_000_000
+TEXTS = (QUERY, DOC, INSTRUCTION)
+
+
+def _as_stage1(batch: pa.Table) -> pa.Table:
+    """Checkpoint rows -> the cascade's first-stage rows: valid pairs, `score` as stage1_score."""
+    batch = batch.filter(pc.is_null(batch[SKIP_REASON]))
+    batch = batch.drop_columns([c for c in batch.column_names if c.startswith(KEY_PREFIX)])
+    return batch.rename_columns([stage_score(1) if c == SCORE else c for c in batch.column_names])
+
+
+def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Exactly `schema`'s columns (missing ones null): the two branches of a stage union."""
+    return pa.table({f.name: batch[f.name].cast(f.type) if f.name in batch.column_names
+                     else pa.nulls(len(batch), f.type) for f in schema})
+
+
+def _split(batch: pa.Table, rank: str, top_n: int, going_on: bool) -> pa.Table:
+    """The rows the next stage scores (rank <= top_n), or the others (null rank included)."""
+    on = pc.fill_null(pc.less_equal(batch[rank], top_n), False)
+    return batch.filter(on if going_on else pc.invert(on))
+
+
+def _schema(fs: fsspec.AbstractFileSystem, directory: str) -> pa.Schema:
+    return pads.dataset(directory, filesystem=arrow_filesystem(fs), format="parquet").schema
+
+
+def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str,
+                 fs: fsspec.AbstractFileSystem, num_pairs: int) -> None:
+    """Run stages 2.. over the stage-1 checkpoints and write the final ranking to `dest`."""
+    stages = cfg.stages()
+    partitions = max(1, math.ceil(num_pairs / ROWS_PER_RANK_PARTITION))
+    filesystem = ray_filesystem(fs)
+    ds = ray.data.read_parquet(scored, filesystem=filesystem).map_batches(_as_stage1, batch_format="pyarrow")
+    with actor_pool_deadline([s.actor for _, s in stages[1:]]):
+        for i, (_, stage) in enumerate(stages[1:], start=1):
+            ranked_dir = posixpath.join(staging, f"stage{i}")
+            ranked = ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(
+                rank_queries, batch_format="pyarrow",
+                fn_kwargs={"ranker": StageRanker(i, stage.top_n, cfg.input.on_duplicate)})
+            ranked.write_parquet(ranked_dir, filesystem=filesystem)
+            schema = _schema(fs, ranked_dir)
+            last = i == len(stages) - 1
+            keep = [f for f in schema if f.name not in TEXTS or not last]
+            target = pa.schema([*keep, pa.field(stage_score(i + 1), pa.float32())])
+            split = {"rank": stage_rank(i), "top_n": stage.top_n}
+            advancing = ray.data.read_parquet(ranked_dir, filesystem=filesystem).map_batches(
+                _split, batch_format="pyarrow", fn_kwargs=split | {"going_on": True})
+            scorer = Scorer(stage_score(i + 1), stage.reranker, stage.actor)
+            advancing = advancing.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(
+                stage.actor, scorer.constructor_kwargs(cfg.input.on_invalid, keep_texts=not last)))
+            rest = ray.data.read_parquet(ranked_dir, filesystem=filesystem).map_batches(
+                _split, batch_format="pyarrow", fn_kwargs=split | {"going_on": False})
+            ds = advancing.union(rest).map_batches(_conform, batch_format="pyarrow", fn_kwargs={"schema": target})
+        models = tuple(s.reranker.model for _, s in stages)
+        final = ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(
+            rank_queries, batch_format="pyarrow",
+            fn_kwargs={"ranker": CascadeRanker(models, cfg.rank.top_k, tuple(cfg.input.extra_columns))})
+        final.write_parquet(dest, filesystem=filesystem)

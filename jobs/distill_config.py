@@ -1,0 +1,82 @@
+"""The distillation job's config: the input, the teachers (each a model and its own actor
+pool), how labels are made, and which training formats to write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from jobs.config import (
+    ActorConfig,
+    CacheConfig,
+    InputConfig,
+    OutputConfig,
+    RayConfig,
+    Section,
+    load_yaml,
+    stage_checks,
+)
+from jobs.errors import ConfigError
+from jobs.labels import LabelsConfig, Teacher, check_teachers
+from reranker_actors.registry import AnyRerankerConfig
+
+# How a teacher's raw score becomes a probability (jobs.labels.Teacher.kind).
+KINDS = {"cross_encoder": "logit", "llm_yes_no": "logit", "bi_encoder": "cosine"}
+
+
+class TeacherConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Names the teacher's score field.")
+    weight: float = Field(1.0, ge=0, description="Its weight in the combined score.")
+    reranker: AnyRerankerConfig
+    actor: ActorConfig = ActorConfig()
+
+    @model_validator(mode="after")
+    def _raw_scores(self) -> TeacherConfig:
+        """Teachers record raw scores (logits, log-odds, cosines); the labels are made from them."""
+        if "activation" in self.reranker.model_fields_set and self.reranker.activation != "raw":
+            raise ValueError(f"teacher {self.name!r}: reranker.activation must be raw (labels combine raw scores)")
+        self.reranker = self.reranker.model_copy(update={"activation": "raw"})
+        return self
+
+    @property
+    def column(self) -> str:
+        return f"score_{self.name}"
+
+
+class FormatsConfig(Section):
+    flag_embedding: bool = Field(True, description="Write FlagEmbedding reranker JSONL (_flag_embedding/).")
+    cross_encoder: Literal["hard", "soft", "none"] = Field(
+        "hard", description="The (query, doc, label) table (_cross_encoder/): positives 1 and hard negatives 0, "
+        "soft labels for every candidate, or none.")
+
+
+class DistillConfig(Section):
+    input: InputConfig
+    teachers: list[TeacherConfig] = Field(min_length=1, description="Each its own model and actor pool.")
+    labels: LabelsConfig = LabelsConfig()
+    qrels: str | None = Field(None, description="Parquet query_id, doc_id, relevance: positives come from it.")
+    formats: FormatsConfig = FormatsConfig()
+    output: OutputConfig
+    cache: CacheConfig = CacheConfig()
+    ray: RayConfig = RayConfig()
+
+    def teacher_specs(self) -> list[Teacher]:
+        return [Teacher(t.name, t.column, t.weight, KINDS[t.reranker.backend]) for t in self.teachers]
+
+
+def _cross_checks(cfg: DistillConfig) -> list[str]:
+    errors = [e for i, t in enumerate(cfg.teachers) for e in stage_checks(f"teachers.{i}.", t.reranker, t.actor)]
+    try:
+        check_teachers(cfg.teacher_specs())
+    except ConfigError as e:
+        errors.append(str(e))
+    if cfg.input.columns.instruction and "llm_yes_no" not in {t.reranker.backend for t in cfg.teachers}:
+        errors.append("input.columns.instruction: only llm_yes_no teachers take a task instruction")
+    return errors
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> DistillConfig:
+    """Read a distillation YAML config (see jobs.config.load_yaml)."""
+    return load_yaml(path, overrides, DistillConfig, _cross_checks)

@@ -1,0 +1,77 @@
+"""The shipped two-stage cascade (configs/cascade_minilm_bge_m3.yaml), run as its header
+documents on the bundled sample with tiny random-weight BERT and XLM-R models, on a real
+cluster (`ray start --head`) whose custom resource `fake_gpu` stands in for GPUs: stage 1
+ranks every pair on CPU actors, stage 2 rescores each query's top 20 on actors that each
+asked for a `fake_gpu`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import torch
+
+from reranker_actors.registry import build_reranker
+from tests.conftest import FAKE_GPU, REPO, header_command, sample_pairs
+from tests.ray_head import RayHead, driver, finish
+
+CONFIG = REPO / "configs" / "cascade_minilm_bge_m3.yaml"
+TOP_N = 20
+
+
+def scores(model: str, rows: list[dict]) -> dict[tuple[str, str], float]:
+    reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32",
+                               "max_length": 512}, torch.device("cpu"))
+    out = reranker.score([r["query"] for r in rows], [r["doc"] for r in rows])
+    return {(r["query_id"], r["doc_id"]): s for r, s in zip(rows, out.tolist())}
+
+
+def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHead, tmp_path: Path) -> None:
+    tiny_bert_dir, tiny_xlmr_dir = str(tmp_path / "tiny-bert"), str(tmp_path / "tiny-xlmr")
+    for kind in ("bert", "xlmr"):
+        subprocess.run([sys.executable, "-m", "tests.tiny_models", kind, str(tmp_path / f"tiny-{kind}")],
+                       cwd=REPO, check=True)
+    overrides = header_command(CONFIG, "jobs.rerank", tmp_path)
+    assert f"cascade.0.reranker.model={tiny_xlmr_dir}" in overrides
+    given = tmp_path / "resources.jsonl"
+    code, log = finish(driver(ray_head, CONFIG, {"resources_file": str(given)}, *overrides,
+                              f"cascade.0.actor.resources={{{FAKE_GPU}: 1}}"))
+    assert code == 0, log[-4000:]
+    table = sample_pairs()
+
+    actors = [json.loads(line) for line in given.read_text().splitlines()]
+    by_model = {a["model"]: a["resources"] for a in actors}
+    assert by_model[tiny_xlmr_dir].get(FAKE_GPU) == 1 and by_model[tiny_xlmr_dir]["CPU"] == 0.5
+    assert FAKE_GPU not in by_model[tiny_bert_dir]
+
+    out = pads.dataset(str(tmp_path / "out" / "cascade")).to_table()
+    assert out.num_rows == len(table) == 600  # every pair once, ranked over all its candidates
+    rows = {(r["query_id"], r["doc_id"]): r for r in out.to_pylist()}
+    assert set(rows) == set(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
+    source = table.to_pylist()
+    first, second = scores(tiny_bert_dir, source), scores(tiny_xlmr_dir, source)
+    assert max(abs(rows[k]["stage1_score"] - v) for k, v in first.items()) < 1e-5
+    stage2 = [abs(r["stage2_score"] - second[k]) for k, r in rows.items() if r["stage2_score"] is not None]
+    assert len(stage2) == 20 * TOP_N and max(stage2) < 5e-5, max(stage2)  # (other batch shapes: fp32 sum order)
+    for qid in {k[0] for k in rows}:
+        ranked = sorted((r for k, r in rows.items() if k[0] == qid), key=lambda r: r["rank"])
+        assert [r["rank"] for r in ranked] == list(range(1, 31))
+        by_stage1 = sorted(ranked, key=lambda r: (-r["stage1_score"], r["doc_id"]))
+        assert [r["stage1_rank"] for r in by_stage1] == list(range(1, 31))
+        top = {r["doc_id"] for r in by_stage1[:TOP_N]}
+        # stage 2 scored exactly stage 1's top N, with its own model's scores ...
+        assert {r["doc_id"] for r in ranked if r["stage2_score"] is not None} == top
+        # ... and they lead the final ranking in stage-2 order, the rest follow in stage-1 order.
+        assert [r["doc_id"] for r in ranked[:TOP_N]] == [
+            r["doc_id"] for r in sorted(ranked[:TOP_N], key=lambda r: (-r["stage2_score"], r["doc_id"]))]
+        assert [r["doc_id"] for r in ranked[TOP_N:]] == [r["doc_id"] for r in by_stage1[TOP_N:]]
+        assert {r["model"] for r in ranked[:TOP_N]} == {tiny_xlmr_dir}
+        assert {r["model"] for r in ranked[TOP_N:]} == {tiny_bert_dir}
+        assert all(r["score"] == r["stage2_score"] for r in ranked[:TOP_N])
+    report = json.loads((tmp_path / "out" / "cascade" / "_run_report.json").read_text())
+    assert [(s["stage"], s["pairs"]) for s in report["stages"]] == [(1, 600), (2, 20 * TOP_N)]
+    assert list(report["metrics"]) == ["first stage", "stage 1", "reranked"]
+    assert "stage 2   " in log and "eval      stage 1:" in log
