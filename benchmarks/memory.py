@@ -17,7 +17,6 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.throughput import peak_rss_tree
+from benchmarks.throughput import run_measured
 from tests.tiny_models import build_tiny_bert
 
 ROWS_PER_FILE = 10_000
@@ -53,18 +52,11 @@ def run_job(work: Path, model: str) -> tuple[int, str]:
            "actor": {"pool_size": 1, "num_cpus": 1, "threads": 1, "batch_size": 512},
            "ray": {"num_cpus": 2}}
     (work / "job.yaml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.rerank", "--config", str(work / "job.yaml")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
-    stop, peak = threading.Event(), []
-    sampler = threading.Thread(target=peak_rss_tree, args=(proc.pid, stop, peak))
-    sampler.start()
-    out, _ = proc.communicate()
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"job on {work} failed (exit {proc.returncode}):\n{out[-3000:]}")
-    return peak[0], next((line.strip() for line in out.splitlines() if "pairs " in line and "read" in line), "")
+    code, out, peak = run_measured([sys.executable, "-m", "jobs.rerank", "--config", str(work / "job.yaml")],
+                                   stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1])
+    if code != 0:
+        raise RuntimeError(f"job on {work} failed (exit {code}):\n{out[-3000:]}")
+    return peak, next((line.strip() for line in out.splitlines() if "pairs " in line and "read" in line), "")
 
 
 def main() -> None:

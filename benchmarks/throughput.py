@@ -256,16 +256,22 @@ def run_contender(contender: str, dataset: str, model: str, args: argparse.Names
            *(["--max-tokens", str(args.max_tokens)] if args.max_tokens else []),
            "--st-batch-size", str(args.st_batch_size)]
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    code, out, peak = run_measured(cmd, stderr=subprocess.DEVNULL, env=env)
+    if code != 0:
+        raise RuntimeError(f"{contender} on {dataset} failed (exit {code})")
+    return json.loads(out.strip().splitlines()[-1]) | {"rss": peak}
+
+
+def run_measured(cmd: list[str], **popen: object) -> tuple[int, str, int]:
+    """Run `cmd` to its end: (exit code, stdout, peak RSS in bytes of its process tree)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, **popen)
     stop, peak = threading.Event(), []
     sampler = threading.Thread(target=peak_rss_tree, args=(proc.pid, stop, peak))
     sampler.start()
     out, _ = proc.communicate()
     stop.set()
     sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{contender} on {dataset} failed (exit {proc.returncode})")
-    return json.loads(out.strip().splitlines()[-1]) | {"rss": peak[0]}
+    return proc.returncode, out, peak[0]
 
 
 def table_rows(label: str, results: dict[str, dict], config: dict, peaks: dict[str, float],
@@ -295,14 +301,17 @@ def table_rows(label: str, results: dict[str, dict], config: dict, peaks: dict[s
     return rows
 
 
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+
+
 def figure_rows(name: str, dataset: str, results: dict[str, dict], config: dict, device: str,
                 args: argparse.Namespace) -> list[dict]:
     """Rows for benchmarks/figures.json, which the capacity planner (jobs.plan) reads."""
-    import platform
-
     import torch
 
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU {platform.processor() or platform.machine()}"
+    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU {cpu_name()}, {args.threads} threads"
     shape = {"layers": config["num_hidden_layers"], "hidden": config["hidden_size"],
              "intermediate": config["intermediate_size"], "heads": config["num_attention_heads"]}
     rows = []

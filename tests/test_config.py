@@ -154,3 +154,49 @@ def test_yaml_is_read_with_a_safe_loader(tmp_path: Path) -> None:
     path.write_text("input: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_cascade_stages_are_checked_and_overridden_by_index(tmp_path: Path) -> None:
+    stage = {"top_n": 20, "reranker": {"backend": "cross_encoder", "model": "big"}}
+    path = write_config(tmp_path / "c.yaml", base(cascade=[stage, dict(stage, top_n=5)]))
+    cfg = load_config(path, ["cascade.0.top_n=30", "cascade.1.reranker.max_length=256"])
+    assert [s.top_n for s in cfg.cascade] == [30, 5] and cfg.cascade[1].reranker.max_length == 256
+    assert [key for key, _ in cfg.stages()] == ["", "cascade.0.", "cascade.1."]
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["cascade.0.bogus=1", "cascade.1.reranker.pooling=cls", "cascade.2.top_n=1",
+                           "cascade.1.top_n=40", "cascade.0.actor.num_gpus=0", "cascade.0.reranker.dtype=fp16"])
+    msg = str(e.value)
+    assert "cascade.0.bogus: unknown key; accepted here: top_n, reranker, actor" in msg
+    assert "cascade.1.reranker.pooling: unknown key; accepted here: backend, model" in msg
+    assert "'cascade.2.top_n=1': cascade is a list of 2 item(s); '2' is not one of its indices" in msg
+
+
+def test_a_later_stage_cannot_see_more_than_the_one_before(tmp_path: Path) -> None:
+    stage = {"top_n": 20, "reranker": {"backend": "cross_encoder", "model": "big"},
+             "actor": {"num_gpus": 0}}
+    path = write_config(tmp_path / "c.yaml", base(cascade=[stage, dict(stage, top_n=40)]))
+    with pytest.raises(ConfigError, match=r"cascade.1.top_n \(40\) must not exceed cascade.0.top_n \(20\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"cascade.0.reranker.dtype: float16 runs on CUDA only, but "
+                                          r"cascade.0.actor.num_gpus is 0"):
+        load_config(path, ["cascade.1.top_n=10", "cascade.0.reranker.dtype=fp16"])
+
+
+def test_distillation_teachers_record_raw_scores_under_unique_names(tmp_path: Path) -> None:
+    from jobs.distill_config import load_config as load_distill
+
+    teacher = {"name": "big", "reranker": {"backend": "llm_yes_no", "model": "q"}}
+    data = {"input": {"path": "in"}, "output": {"path": "out"},
+            "teachers": [teacher, {"name": "small", "reranker": {"backend": "bi_encoder", "model": "m"}}]}
+    cfg = load_distill(write_config(tmp_path / "d.yaml", data))
+    assert [t.reranker.activation for t in cfg.teachers] == ["raw", "raw"]  # (llm_yes_no's default is sigmoid)
+    assert [(t.column, t.kind) for t in cfg.teacher_specs()] == [("score_big", "logit"), ("score_small", "cosine")]
+    with pytest.raises(ConfigError) as e:
+        load_distill(write_config(tmp_path / "d.yaml", data), [
+            "teachers.0.reranker.activation=sigmoid", "teachers.1.name=big", "labels.negatives_rank_window=[5,2]",
+            "teachers.1.weight=-1", "formats.cross_encoder=maybe"])
+    msg = str(e.value)
+    assert "teacher 'big': reranker.activation must be raw" in msg
+    assert "labels.negatives_rank_window" in msg and "teachers.1.weight" in msg and "formats.cross_encoder" in msg
+    with pytest.raises(ConfigError, match="must be unique"):
+        load_distill(write_config(tmp_path / "d.yaml", data), ["teachers.1.name=big"])
