@@ -3,8 +3,10 @@
     python -m jobs.rerank --config configs/demo.yaml [key.sub=value ...]
     ray job submit --working-dir . -- python -m jobs.rerank --config <yaml> [key.sub=value ...]
 
-Recipe: read (footers) -> validate -> score (checkpointed per input file) -> rank ->
-quarantine -> report -> commit (_SUCCESS last). A rerun of a crashed run resumes.
+Recipe: read (footers) -> validate -> score (checkpointed per input file; pairs found in
+the score cache, `cache.path`, skip the model) -> rank (or a cascade: rerank each stage's
+top N on its own pool, then rank) -> quarantine -> report -> commit (_SUCCESS last).
+A rerun of a crashed run resumes.
 With no cluster address (ray.address / RAY_ADDRESS) the job starts a local Ray.
 """
 

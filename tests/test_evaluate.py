@@ -22,18 +22,24 @@ def bm25_run(qrels):
     return read_run(fs, sorted(str(p) for p in (SAMPLE / "candidates").glob("*.parquet")), set(qrels), "bm25_score")
 
 
+def pytrec_reference(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
+                     k: int) -> dict[str, dict[str, float]]:
+    """pytrec_eval's per-query metrics under our names. MRR@k is trec_eval's recip_rank
+    on the run cut to its top k (trec_eval has no recip_rank cutoff)."""
+    full = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{k}", f"recall.{k}", "map"}).evaluate(run)
+    top_k = {q: {d: docs[d] for d in ranked(docs)[:k]} for q, docs in run.items()}
+    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top_k)
+    return {q: {f"ndcg@{k}": m[f"ndcg_cut_{k}"], f"mrr@{k}": rr[q]["recip_rank"],
+                f"recall@{k}": m[f"recall_{k}"], "map": m["map"]} for q, m in full.items()}
+
+
 @pytest.mark.parametrize("k", [5, 10])
 def test_metrics_match_pytrec_eval_per_query(qrels, bm25_run, k: int) -> None:
-    ours = evaluate(bm25_run, qrels, k)
-    ref = pytrec_eval.RelevanceEvaluator(qrels, {f"ndcg_cut.{k}", f"recall.{k}", "map"}).evaluate(bm25_run)
-    top_k = {q: {d: docs[d] for d in ranked(docs)[:k]} for q, docs in bm25_run.items()}
-    rr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top_k)
+    ours, ref = evaluate(bm25_run, qrels, k), pytrec_reference(bm25_run, qrels, k)
     assert set(ours) == set(ref) and len(ours) == 20
     for q in ref:
-        assert ours[q][f"ndcg@{k}"] == pytest.approx(ref[q][f"ndcg_cut_{k}"], abs=1e-6)
-        assert ours[q][f"recall@{k}"] == pytest.approx(ref[q][f"recall_{k}"], abs=1e-6)
-        assert ours[q]["map"] == pytest.approx(ref[q]["map"], abs=1e-6)
-        assert ours[q][f"mrr@{k}"] == pytest.approx(rr[q]["recip_rank"], abs=1e-6)
+        for metric in (f"ndcg@{k}", f"mrr@{k}", f"recall@{k}", "map"):
+            assert ours[q][metric] == pytest.approx(ref[q][metric], abs=1e-6), (q, metric)
 
 
 def test_graded_relevance_counts_and_ties_follow_trec_eval(qrels) -> None:
