@@ -2,16 +2,20 @@
 
     checkpoints (stage 1: ids, scores, texts)
       -> map_groups(query_id, StageRanker(1))  -> _staging/.../stage1/   (texts only on the top N)
-      -> read where stage1_rank <= N -> stage 2 actor pool --+
-      -> read where it is not --------------------------------+-> union -> ... -> map_groups(CascadeRanker)
+      -> read where stage1_rank <= N -> stage 2 actor pool -> _staging/.../stage2-scored/ --+
+      -> read where it is not ----------------------------------------------------------------+-> union
+      -> ... -> map_groups(CascadeRanker)
 Each stage has its own model and actor pool (its own resources). Stage 1 is checkpointed
-per input file like a plain run; later stages run after it, from the staged ranking.
+per input file like a plain run; later stages run after it, from the staged ranking, and
+look their pairs up in their own score cache (their model's namespace) when one is given.
 """
 
 from __future__ import annotations
 
 import math
 import posixpath
+from collections.abc import Sequence
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -64,13 +68,19 @@ def _schema(fs: fsspec.AbstractFileSystem, directory: str) -> pa.Schema:
     return pads.dataset(directory, filesystem=arrow_filesystem(fs), format="parquet").schema
 
 
-def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str,
-                 fs: fsspec.AbstractFileSystem, num_pairs: int) -> None:
-    """Run stages 2.. over the stage-1 checkpoints and write the final ranking to `dest`."""
+def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str, fs: fsspec.AbstractFileSystem,
+                 num_pairs: int, caches: Sequence[Any] | None = None) -> list[str]:
+    """Run stages 2.. over the stage-1 checkpoints and write the final ranking to `dest`.
+
+    `caches`: per stage 2.., an ObjectRef of the jobs.score_cache.CacheIndex its actors
+    look pairs up in, or None. Returns, per stage 2.., the directory of the pairs it
+    scored (with their cache keys and hits when cached).
+    """
     stages = cfg.stages()
     partitions = max(1, math.ceil(num_pairs / ROWS_PER_RANK_PARTITION))
     filesystem = ray_filesystem(fs)
     ds = ray.data.read_parquet(scored, filesystem=filesystem).map_batches(_as_stage1, batch_format="pyarrow")
+    scored_dirs: list[str] = []
     with actor_pool_deadline([s.actor for _, s in stages[1:]]):
         for i, (_, stage) in enumerate(stages[1:], start=1):
             ranked_dir = posixpath.join(staging, f"stage{i}")
@@ -85,14 +95,18 @@ def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str,
             split = {"rank": stage_rank(i), "top_n": stage.top_n}
             advancing = ray.data.read_parquet(ranked_dir, filesystem=filesystem).map_batches(
                 _split, batch_format="pyarrow", fn_kwargs=split | {"going_on": True})
-            scorer = Scorer(stage_score(i + 1), stage.reranker, stage.actor)
+            scorer = Scorer(stage_score(i + 1), stage.reranker, stage.actor, caches[i - 1] if caches else None)
             advancing = advancing.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(
                 stage.actor, scorer.constructor_kwargs(cfg.input.on_invalid, keep_texts=not last)))
+            scored_dirs.append(posixpath.join(staging, f"stage{i + 1}-scored"))
+            advancing.write_parquet(scored_dirs[-1], filesystem=filesystem)
             rest = ray.data.read_parquet(ranked_dir, filesystem=filesystem).map_batches(
                 _split, batch_format="pyarrow", fn_kwargs=split | {"going_on": False})
-            ds = advancing.union(rest).map_batches(_conform, batch_format="pyarrow", fn_kwargs={"schema": target})
+            ds = ray.data.read_parquet(scored_dirs[-1], filesystem=filesystem).union(rest).map_batches(
+                _conform, batch_format="pyarrow", fn_kwargs={"schema": target})
         models = tuple(s.reranker.model for _, s in stages)
         final = ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(
             rank_queries, batch_format="pyarrow",
             fn_kwargs={"ranker": CascadeRanker(models, cfg.rank.top_k, tuple(cfg.input.extra_columns))})
         final.write_parquet(dest, filesystem=filesystem)
+    return scored_dirs

@@ -34,7 +34,7 @@ from jobs.quarantine import write_quarantine
 from jobs.ray_runtime import check_pool_fits, ray_session
 from jobs.report_html import ScoreSeries, render_report, sample_rows
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, RANK, SCORE, stage_rank, stage_score
-from jobs.score_cache import ScoreCache, write_cache
+from jobs.score_cache import ScoreCache, cache_hits, namespace, write_cache
 from jobs.stages import Scored, Scorer, count_queries, footer_rows, parquet_files, rank_pairs, score_pairs
 from jobs.summary import RunSummary
 
@@ -85,14 +85,32 @@ def _check_ranked(cfg: JobConfig, scored: Scored, rows_out: int) -> None:
         )
 
 
-def _stage_counts(cfg: JobConfig, out: OutputDir, ranked: list[str]) -> list[dict]:
-    """Per cascade stage: its model and how many output rows it scored."""
+def _stage_counts(cfg: JobConfig, out: OutputDir, ranked: list[str], cached: list[int]) -> list[dict]:
+    """Per cascade stage: its model, how many output rows it scored, and how many of its
+    pairs came from the score cache."""
     if not cfg.cascade:
         return []
     data = pads.dataset(ranked, filesystem=arrow_filesystem(out.fs), format="parquet")
     return [{"stage": i, "model": stage.reranker.model, "backend": stage.reranker.backend,
-             "top_n": stage.top_n or None, "pairs": data.count_rows(filter=pc.field(stage_score(i)).is_valid())}
+             "top_n": stage.top_n or None, "pairs": data.count_rows(filter=pc.field(stage_score(i)).is_valid()),
+             "cached": cached[i - 1]}
             for i, (_, stage) in enumerate(cfg.stages(), start=1)]
+
+
+def stage_caches(cfg: JobConfig) -> list[ScoreCache]:
+    """Per scoring stage, its score cache (none without cache.path); stages whose model
+    settings are the same share one namespace, and so one ScoreCache."""
+    if not cfg.cache.path:
+        return []
+    by_namespace: dict[str, ScoreCache] = {}
+    for _, stage in cfg.stages():
+        c = ScoreCache(cfg.cache.path, stage.reranker.model_dump())
+        by_namespace.setdefault(c.namespace, c)
+    return [by_namespace[namespace(stage.reranker.model_dump())] for _, stage in cfg.stages()]
+
+
+def unique(caches: list[ScoreCache]) -> list[ScoreCache]:
+    return list({id(c): c for c in caches}.values())
 
 
 def _html_report(cfg: JobConfig, out: OutputDir, ranked: list[str], summary: RunSummary,
@@ -117,14 +135,17 @@ def run(cfg: JobConfig) -> RunSummary:
         out = OutputDir(cfg.output.path)
         out.prepare(inputs.paths, inputs.dirs)
         checkpoints = Checkpoints(out.fs, out.root, scoring_fingerprint(cfg))
-        cache = ScoreCache(cfg.cache.path, cfg.reranker.model_dump()) if cfg.cache.path else None
+        caches = stage_caches(cfg)  # (per stage; stages with the same settings share one)
+        cache = caches[0] if caches else None
     try:
         with ray_session(cfg.ray) as where:
             check_pool_fits([cfg.actor])
             check_pool_fits([stage.actor for stage in cfg.cascade])  # (stages 2.. run together)
             with clock.stage("score"):
-                index = cache.load() if cache else None
-                scorer = Scorer(SCORE, cfg.reranker, cfg.actor, ray.put(index) if index is not None else None)
+                indexes = {id(c): c.load() for c in caches}
+                refs = [ray.put(indexes[id(c)]) for c in caches]
+                index = indexes[id(cache)] if cache else None
+                scorer = Scorer(SCORE, cfg.reranker, cfg.actor, refs[0] if refs else None)
                 scored = score_pairs(inputs, cfg.input, [scorer], checkpoints, keep_texts=bool(cfg.cascade))
             if scored.scored == 0:
                 raise InputError(
@@ -134,8 +155,8 @@ def run(cfg: JobConfig) -> RunSummary:
             shard_files = checkpoints.shard_files(scored.shard_ids)
             with clock.stage("cascade + rank" if cfg.cascade else "rank"):
                 if cfg.cascade:
-                    rank_cascade(cfg, shard_files, out.staging("cascade"), out.staging("ranked"), out.fs,
-                                 scored.scored)
+                    stage_dirs = rank_cascade(cfg, shard_files, out.staging("cascade"), out.staging("ranked"),
+                                              out.fs, scored.scored, refs[1:])
                 else:
                     rank_pairs(cfg, shard_files, out.staging("ranked"), out.fs, scored.scored)
             ranked = parquet_files(out.fs, out.staging("ranked"))
@@ -145,8 +166,11 @@ def run(cfg: JobConfig) -> RunSummary:
             quarantined = write_quarantine(out.fs, checkpoints, scored, out.staging(QUARANTINE))
             per_query = {stage: evaluate(r, qrels, cfg.eval.k) for stage, r in _runs(cfg, out, shard_files,
                                                                                       qrels).items()} if qrels else {}
+            stage_files = [parquet_files(out.fs, d) for d in stage_dirs] if cfg.cascade else []
             if cache:
                 write_cache(cache, shard_files, out.fs, out.run_id)
+                for i, files in enumerate(stage_files, start=2):
+                    write_cache(caches[i - 1], files, out.fs, out.run_id, score_column=stage_score(i))
         summary = RunSummary(
             ray=where, input=str(cfg.input.path),
             input_files=[{"url": f.url, "size": f.size, "rows": f.num_rows} for f in inputs.files],
@@ -157,7 +181,8 @@ def run(cfg: JobConfig) -> RunSummary:
             resumed_files=scored.resumed, scored_now=scored.scored_now, run_id=out.run_id,
             score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
             cached=scored.cached, cache=cache.url if cache else None, cache_entries=len(index) if cache else 0,
-            stages=_stage_counts(cfg, out, ranked),
+            stages=_stage_counts(cfg, out, ranked, [scored.cached, *(cache_hits(out.fs, f, stage_score(i))
+                                                                     for i, f in enumerate(stage_files, start=2))]),
             seconds=clock.seconds, metrics={stage: mean(pq) for stage, pq in per_query.items()},
             eval_queries=len(per_query.get("reranked", {})),
         )
@@ -165,13 +190,13 @@ def run(cfg: JobConfig) -> RunSummary:
         side = {QUARANTINE: out.staging(QUARANTINE)} if quarantined else {}
         with clock.stage("commit"):
             commit_run(out, out.staging("ranked"), summary.to_dict(), summary.render(), html, side)
-        if cache:
-            cache.publish(out.run_id)
+        for c in unique(caches):
+            c.publish(out.run_id)
         checkpoints.remove_all()
     except BaseException:
         out.abort()  # (checkpoints stay: a rerun resumes from them)
-        if cache:
-            cache.discard(out.run_id)
+        for c in unique(caches):
+            c.discard(out.run_id)
         raise
     return summary
 

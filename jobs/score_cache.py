@@ -32,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from jobs.checkpoints import fingerprint
 from jobs.fs import arrow_filesystem, visible_parquet
-from jobs.schema import SCORE, cache_key_column
+from jobs.schema import SCORE, cache_hit_column, cache_key_column
 
 KEY_TYPE = pa.binary(16)
 # Settings that change how fast a score is computed, not what it is.
@@ -172,3 +172,14 @@ def write_cache(cache: ScoreCache, checkpoint_files: list[str], fs: fsspec.Abstr
     ds = ray.data.read_parquet(checkpoint_files, filesystem=ray_filesystem(fs), columns=[key, score_column])
     ds = ds.map_batches(cache_rows, batch_format="pyarrow", fn_kwargs={"key_column": key, "score_column": score_column})
     ds.write_parquet(cache.staging(run_id), filesystem=ray_filesystem(cache.fs))
+
+
+def cache_hits(fs: fsspec.AbstractFileSystem, files: list[str], score_column: str) -> int:
+    """How many of the pairs in `files` took their `score_column` from the cache."""
+    import pyarrow.dataset as pads
+
+    hit = cache_hit_column(score_column)
+    data = pads.dataset(files, filesystem=arrow_filesystem(fs), format="parquet") if files else None
+    if data is None or hit not in data.schema.names:
+        return 0
+    return data.count_rows(filter=pc.field(hit))

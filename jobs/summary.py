@@ -47,7 +47,7 @@ class RunSummary:
     cached: int = 0  # pairs whose score came from the score cache
     cache: str | None = None  # the score cache's namespace directory, when one is used
     cache_entries: int = 0  # pairs the cache held when the run started
-    stages: list[dict] = field(default_factory=list)  # cascade: per stage model, backend, top_n, pairs
+    stages: list[dict] = field(default_factory=list)  # cascade: per stage model, backend, top_n, pairs, cached
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> mean metrics
     eval_queries: int = 0
@@ -100,8 +100,9 @@ class RunSummary:
                          f"in {self.cache}), {self.scored_now:,} scored by the model")
         for stage in self.stages:
             which = f"top {stage['top_n']} per query" if stage["top_n"] else "all pairs"
+            cached = f", {stage['cached']:,} from the score cache" if self.cache else ""
             lines.append(f"  stage {stage['stage']}   {stage['model']} ({stage['backend']}): "
-                         f"{stage['pairs']:,} pairs ({which})")
+                         f"{stage['pairs']:,} pairs ({which}{cached})")
         if self.quarantined:
             lines.append(f"  quarantine {self.quarantined:,} pair(s) with reasons in {self.output}/_quarantine/")
         for stage, m in self.metrics.items():

@@ -37,8 +37,8 @@ def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHea
     overrides = header_command(CONFIG, "jobs.rerank", tmp_path)
     assert f"cascade.0.reranker.model={tiny_xlmr_dir}" in overrides
     given = tmp_path / "resources.jsonl"
-    code, log = finish(driver(ray_head, CONFIG, {"resources_file": str(given)}, *overrides,
-                              f"cascade.0.actor.resources={{{FAKE_GPU}: 1}}"))
+    overrides += [f"cascade.0.actor.resources={{{FAKE_GPU}: 1}}", f"cache.path={tmp_path / 'cache'}"]
+    code, log = finish(driver(ray_head, CONFIG, {"resources_file": str(given)}, *overrides))
     assert code == 0, log[-4000:]
     table = sample_pairs()
 
@@ -72,6 +72,16 @@ def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHea
         assert {r["model"] for r in ranked[TOP_N:]} == {tiny_bert_dir}
         assert all(r["score"] == r["stage2_score"] for r in ranked[:TOP_N])
     report = json.loads((tmp_path / "out" / "cascade" / "_run_report.json").read_text())
-    assert [(s["stage"], s["pairs"]) for s in report["stages"]] == [(1, 600), (2, 20 * TOP_N)]
+    assert [(s["stage"], s["pairs"], s["cached"]) for s in report["stages"]] == [(1, 600, 0), (2, 20 * TOP_N, 0)]
     assert list(report["metrics"]) == ["first stage", "stage 1", "reranked"]
     assert "stage 2   " in log and "eval      stage 1:" in log
+
+    # The next night, same pairs: each stage takes every score from its own model's cache.
+    code, log = finish(driver(ray_head, CONFIG, None, *overrides, f"output.path={tmp_path / 'night2'}"))
+    assert code == 0, log[-4000:]
+    report = json.loads((tmp_path / "night2" / "_run_report.json").read_text())
+    assert [(s["stage"], s["cached"]) for s in report["stages"]] == [(1, 600), (2, 20 * TOP_N)]
+    assert report["scored_now"] == 0 and len(list((tmp_path / "cache").iterdir())) == 2  # (one per model)
+    again = {(r["query_id"], r["doc_id"]): r for r in pads.dataset(str(tmp_path / "night2")).to_table().to_pylist()}
+    assert {k: (r["rank"], r["stage1_score"], r["stage2_score"]) for k, r in again.items()} == {
+        k: (r["rank"], r["stage1_score"], r["stage2_score"]) for k, r in rows.items()}
