@@ -25,7 +25,7 @@ import ray.data
 
 from jobs.config import JobConfig
 from jobs.fs import arrow_filesystem
-from jobs.ranking import CascadeRanker, StageRanker, rank_queries
+from jobs.ranking import CascadeRanker, StageRanker, advancing, rank_queries
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
 from jobs.schema import (
     DOC,
@@ -35,7 +35,6 @@ from jobs.schema import (
     QUERY_ID,
     SCORE,
     SKIP_REASON,
-    stage_rank,
     stage_score,
 )
 from jobs.stages import Scorer
@@ -58,9 +57,9 @@ def _conform(batch: pa.Table, schema: pa.Schema) -> pa.Table:
                      else pa.nulls(len(batch), f.type) for f in schema})
 
 
-def _split(batch: pa.Table, rank: str, top_n: int, going_on: bool) -> pa.Table:
+def _split(batch: pa.Table, stage: int, top_n: int, going_on: bool) -> pa.Table:
     """The rows the next stage scores (rank <= top_n), or the others (null rank included)."""
-    on = pc.fill_null(pc.less_equal(batch[rank], top_n), False)
+    on = advancing(batch, stage, top_n)
     return batch.filter(on if going_on else pc.invert(on))
 
 
@@ -92,7 +91,7 @@ def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str, fs:
             last = i == len(stages) - 1
             keep = [f for f in schema if f.name not in TEXTS or not last]
             target = pa.schema([*keep, pa.field(stage_score(i + 1), pa.float32())])
-            split = {"rank": stage_rank(i), "top_n": stage.top_n}
+            split = {"stage": i, "top_n": stage.top_n}
             advancing = ray.data.read_parquet(ranked_dir, filesystem=filesystem).map_batches(
                 _split, batch_format="pyarrow", fn_kwargs=split | {"going_on": True})
             scorer = Scorer(stage_score(i + 1), stage.reranker, stage.actor, caches[i - 1] if caches else None)

@@ -23,7 +23,6 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import ray
 import ray.data
 
 from jobs.checkpoints import Checkpoints, fingerprint
@@ -42,7 +41,7 @@ from jobs.ray_runtime import check_pool_fits, ray_filesystem, ray_session
 from jobs.report_html import ScoreSeries, render_report
 from jobs.rerank import Stopwatch
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, SKIP_REASON
-from jobs.score_cache import ScoreCache, write_cache
+from jobs.score_cache import RunCaches
 from jobs.stages import Scored, Scorer, parquet_files, score_pairs
 from jobs.summary import RunSummary
 
@@ -136,14 +135,13 @@ def run(cfg: DistillConfig) -> RunSummary:
         checkpoints = Checkpoints(out.fs, out.root, fingerprint({
             "teachers": [t.model_dump() for t in cfg.teachers], "cache keys": cfg.cache.path is not None,
             "input": cfg.input.model_dump(exclude={"path", "on_duplicate"})}))
-        caches = [ScoreCache(cfg.cache.path, t.reranker.model_dump()) if cfg.cache.path else None
-                  for t in cfg.teachers]
+        caches = RunCaches(cfg.cache.path, [t.reranker.model_dump() for t in cfg.teachers])
     try:
         with ray_session(cfg.ray) as where:
             check_pool_fits([t.actor for t in cfg.teachers])  # (the teachers' pools run together)
             with clock.stage("score"):
-                scorers = [Scorer(t.column, t.reranker, t.actor, ray.put(c.load()) if c else None)
-                           for t, c in zip(cfg.teachers, caches)]
+                scorers = [Scorer(t.column, t.reranker, t.actor, ref)
+                           for t, ref in zip(cfg.teachers, caches.broadcast())]
                 scored = score_pairs(inputs, cfg.input, scorers, checkpoints, keep_texts=True)
             if scored.scored == 0:
                 raise InputError(f"input.path {cfg.input.path!r}: no valid pairs ({scored.pairs} read, "
@@ -161,9 +159,9 @@ def run(cfg: DistillConfig) -> RunSummary:
                 side = _formats(cfg, out)
             quarantined = write_quarantine(out.fs, checkpoints, scored, out.staging(QUARANTINE))
             per_query = _evaluation(cfg, qrels, out.fs, shard_files, records) if qrels else {}
-            for cache, scorer in zip(caches, scorers):
-                if cache:
-                    write_cache(cache, shard_files, out.fs, out.run_id, scorer.column)
+            if caches:
+                for i, scorer in enumerate(scorers):
+                    caches.write(i, shard_files, out.fs, out.run_id, scorer.column)
         summary = _summary(cfg, where, inputs, scored, quarantined, out, records, per_query, clock.seconds)
         html = render_report(
             _flat_sample(out.fs, records, cfg),
@@ -175,15 +173,11 @@ def run(cfg: DistillConfig) -> RunSummary:
             side[QUARANTINE] = out.staging(QUARANTINE)
         with clock.stage("commit"):
             commit_run(out, out.staging("records"), summary.to_dict(), summary.render(), html, side)
-        for cache in caches:
-            if cache:
-                cache.publish(out.run_id)
+        caches.publish(out.run_id)
         checkpoints.remove_all()
     except BaseException:
         out.abort()  # (checkpoints stay: a rerun resumes from them)
-        for cache in caches:
-            if cache:
-                cache.discard(out.run_id)
+        caches.discard(out.run_id)
         raise
     return summary
 

@@ -114,6 +114,11 @@ def with_stage_rank(table: pa.Table, stage: int) -> pa.Table:
         zero_copy_only=False)))
 
 
+def advancing(table: pa.Table, stage: int, top_n: int) -> pa.ChunkedArray:
+    """Per row, whether the next cascade stage scores it: stage `stage` ranked it in its top_n."""
+    return pc.fill_null(pc.less_equal(table[stage_rank(stage)], top_n), False)
+
+
 @dataclass(frozen=True)
 class StageRanker:
     """map_groups callable between cascade stages: rank stage `stage`; the texts stay only
@@ -127,7 +132,7 @@ class StageRanker:
         if self.stage == 1:
             table = dedupe(table, stage_score(1), self.on_duplicate)
         table = with_stage_rank(table, self.stage)
-        going_on = pc.fill_null(pc.less_equal(table[stage_rank(self.stage)], self.top_n), False)
+        going_on = advancing(table, self.stage, self.top_n)
         for name in (QUERY, DOC, INSTRUCTION):
             if name in table.column_names:
                 i = table.column_names.index(name)

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import ray
 
 from jobs.cascade import rank_cascade
 from jobs.checkpoints import Checkpoints, fingerprint
@@ -34,7 +33,7 @@ from jobs.quarantine import write_quarantine
 from jobs.ray_runtime import check_pool_fits, ray_session
 from jobs.report_html import ScoreSeries, render_report, sample_rows
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, RANK, SCORE, stage_rank, stage_score
-from jobs.score_cache import ScoreCache, cache_hits, namespace, write_cache
+from jobs.score_cache import RunCaches, cache_hits
 from jobs.stages import Scored, Scorer, count_queries, footer_rows, parquet_files, rank_pairs, score_pairs
 from jobs.summary import RunSummary
 
@@ -97,21 +96,6 @@ def _stage_counts(cfg: JobConfig, out: OutputDir, ranked: list[str], cached: lis
             for i, (_, stage) in enumerate(cfg.stages(), start=1)]
 
 
-def stage_caches(cfg: JobConfig) -> list[ScoreCache]:
-    """Per scoring stage, its score cache (none without cache.path); stages whose model
-    settings are the same share one namespace, and so one ScoreCache."""
-    if not cfg.cache.path:
-        return []
-    by_namespace: dict[str, ScoreCache] = {}
-    for _, stage in cfg.stages():
-        c = ScoreCache(cfg.cache.path, stage.reranker.model_dump())
-        by_namespace.setdefault(c.namespace, c)
-    return [by_namespace[namespace(stage.reranker.model_dump())] for _, stage in cfg.stages()]
-
-
-def unique(caches: list[ScoreCache]) -> list[ScoreCache]:
-    return list({id(c): c for c in caches}.values())
-
 
 def _html_report(cfg: JobConfig, out: OutputDir, ranked: list[str], summary: RunSummary,
                  per_query: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -135,17 +119,14 @@ def run(cfg: JobConfig) -> RunSummary:
         out = OutputDir(cfg.output.path)
         out.prepare(inputs.paths, inputs.dirs)
         checkpoints = Checkpoints(out.fs, out.root, scoring_fingerprint(cfg))
-        caches = stage_caches(cfg)  # (per stage; stages with the same settings share one)
-        cache = caches[0] if caches else None
+        caches = RunCaches(cfg.cache.path, [stage.reranker.model_dump() for _, stage in cfg.stages()])
     try:
         with ray_session(cfg.ray) as where:
             check_pool_fits([cfg.actor])
             check_pool_fits([stage.actor for stage in cfg.cascade])  # (stages 2.. run together)
             with clock.stage("score"):
-                indexes = {id(c): c.load() for c in caches}
-                refs = [ray.put(indexes[id(c)]) for c in caches]
-                index = indexes[id(cache)] if cache else None
-                scorer = Scorer(SCORE, cfg.reranker, cfg.actor, refs[0] if refs else None)
+                refs = caches.broadcast()
+                scorer = Scorer(SCORE, cfg.reranker, cfg.actor, refs[0])
                 scored = score_pairs(inputs, cfg.input, [scorer], checkpoints, keep_texts=bool(cfg.cascade))
             if scored.scored == 0:
                 raise InputError(
@@ -167,10 +148,12 @@ def run(cfg: JobConfig) -> RunSummary:
             per_query = {stage: evaluate(r, qrels, cfg.eval.k) for stage, r in _runs(cfg, out, shard_files,
                                                                                       qrels).items()} if qrels else {}
             stage_files = [parquet_files(out.fs, d) for d in stage_dirs] if cfg.cascade else []
-            if cache:
-                write_cache(cache, shard_files, out.fs, out.run_id)
+            if caches:
+                caches.write(0, shard_files, out.fs, out.run_id, SCORE)
                 for i, files in enumerate(stage_files, start=2):
-                    write_cache(caches[i - 1], files, out.fs, out.run_id, score_column=stage_score(i))
+                    caches.write(i - 1, files, out.fs, out.run_id, stage_score(i))
+            stage_cached = [scored.cached, *(cache_hits(out.fs, files, stage_score(i))
+                                             for i, files in enumerate(stage_files, start=2))]
         summary = RunSummary(
             ray=where, input=str(cfg.input.path),
             input_files=[{"url": f.url, "size": f.size, "rows": f.num_rows} for f in inputs.files],
@@ -180,9 +163,9 @@ def run(cfg: JobConfig) -> RunSummary:
             dtype=", ".join(scored.dtypes), config_hash=fingerprint(cfg.model_dump()),
             resumed_files=scored.resumed, scored_now=scored.scored_now, run_id=out.run_id,
             score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
-            cached=scored.cached, cache=cache.url if cache else None, cache_entries=len(index) if cache else 0,
-            stages=_stage_counts(cfg, out, ranked, [scored.cached, *(cache_hits(out.fs, f, stage_score(i))
-                                                                     for i, f in enumerate(stage_files, start=2))]),
+            cached=scored.cached, cache=caches.of[0].url if caches else None,
+            cache_entries=caches.entries[caches.of[0].namespace] if caches else 0,
+            stages=_stage_counts(cfg, out, ranked, stage_cached),
             seconds=clock.seconds, metrics={stage: mean(pq) for stage, pq in per_query.items()},
             eval_queries=len(per_query.get("reranked", {})),
         )
@@ -190,13 +173,11 @@ def run(cfg: JobConfig) -> RunSummary:
         side = {QUARANTINE: out.staging(QUARANTINE)} if quarantined else {}
         with clock.stage("commit"):
             commit_run(out, out.staging("ranked"), summary.to_dict(), summary.render(), html, side)
-        for c in unique(caches):
-            c.publish(out.run_id)
+        caches.publish(out.run_id)
         checkpoints.remove_all()
     except BaseException:
         out.abort()  # (checkpoints stay: a rerun resumes from them)
-        for c in unique(caches):
-            c.discard(out.run_id)
+        caches.discard(out.run_id)
         raise
     return summary
 

@@ -28,6 +28,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 from fsspec.implementations.local import LocalFileSystem
 
 from jobs.checkpoints import fingerprint
@@ -152,6 +153,43 @@ class ScoreCache:
         """Remove what a failed run staged."""
         if self.fs.exists(self.staging(run_id)):
             self.fs.rm(self.staging(run_id), recursive=True)
+
+
+class RunCaches:
+    """The score caches of one run's scorers (cascade stages or teachers), by scorer index.
+    Scorers whose settings are the same share one namespace, so it is loaded, put in the
+    object store, published and discarded once. No cache.path: no caches, refs all None."""
+
+    def __init__(self, url: str | None, rerankers: list[dict[str, Any]]) -> None:
+        by_namespace: dict[str, ScoreCache] = {}
+        self.of = [by_namespace.setdefault(namespace(r), ScoreCache(url, r)) for r in rerankers] if url else []
+        self.unique = list(by_namespace.values())
+        self.scorers = len(rerankers)
+        self.entries: dict[str, int] = {}  # namespace -> pairs it held when loaded
+
+    def __bool__(self) -> bool:
+        return bool(self.of)
+
+    def broadcast(self) -> list[Any]:
+        """Per scorer, an ObjectRef of its cache's CacheIndex (None without a cache)."""
+        refs = {}
+        for cache in self.unique:
+            index = cache.load()
+            self.entries[cache.namespace] = len(index)
+            refs[cache.namespace] = ray.put(index)
+        return [refs[c.namespace] for c in self.of] if self.of else [None] * self.scorers
+
+    def write(self, scorer: int, files: list[str], fs: fsspec.AbstractFileSystem, run_id: str,
+              score_column: str) -> None:
+        write_cache(self.of[scorer], files, fs, run_id, score_column)
+
+    def publish(self, run_id: str) -> None:
+        for cache in self.unique:
+            cache.publish(run_id)
+
+    def discard(self, run_id: str) -> None:
+        for cache in self.unique:
+            cache.discard(run_id)
 
 
 def cache_rows(batch: pa.Table, key_column: str, score_column: str) -> pa.Table:

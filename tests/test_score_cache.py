@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.score_cache import KEY_TYPE, CacheIndex, ScoreCache, namespace, pair_keys
+from jobs.score_cache import KEY_TYPE, CacheIndex, RunCaches, ScoreCache, namespace, pair_keys
 from reranker_actors.cross_encoder import CrossEncoderConfig
 from reranker_actors.llm_yes_no import LLMYesNoConfig
 
@@ -65,15 +65,32 @@ def test_the_namespace_follows_what_the_score_depends_on() -> None:
     assert len({namespace(base), *(namespace(c) for c in other)}) == 1 + len(other)
 
 
+def stage(cache: ScoreCache, run: str, n: int, name: str = "a") -> None:
+    """What write_cache leaves for `publish`: n (key, score) rows in the run's staging."""
+    staging = Path(cache.staging(run))
+    staging.mkdir(parents=True, exist_ok=True)
+    keys = pair_keys("float32", ["q"] * n, [f"{run}-{name}-{i}" for i in range(n)])
+    pq.write_table(pa.table({"key": keys, "score": pa.array(np.arange(n), pa.float32())}), staging / f"{name}.parquet")
+
+
 def test_publish_replaces_the_previous_runs_files(tmp_path: Path) -> None:
     cache = ScoreCache(str(tmp_path / "cache"), CrossEncoderConfig(model="m").model_dump())
     fs = fsspec.filesystem("file")
     for run, n in (("r1", 3), ("r2", 2)):
-        staging = Path(cache.staging(run))
-        staging.mkdir(parents=True)
-        keys = pair_keys("float32", ["q"] * n, [f"{run}-{i}" for i in range(n)])
-        pq.write_table(pa.table({"key": keys, "score": pa.array(np.arange(n), pa.float32())}), staging / "a.parquet")
+        stage(cache, run, n)
         assert cache.publish(run) == 1
     assert [Path(f).name for f in cache.files()] == ["part-r2-00000.parquet"]
     assert len(cache.load()) == 2 and (Path(cache.dir) / "_settings.json").exists()
     assert not fs.exists(cache.staging("r2"))
+
+
+def test_scorers_with_the_same_settings_share_one_cache_published_once(tmp_path: Path) -> None:
+    same, other = CrossEncoderConfig(model="m").model_dump(), CrossEncoderConfig(model="m2").model_dump()
+    caches = RunCaches(str(tmp_path / "cache"), [same, other, same])
+    assert caches.of[0] is caches.of[2] and len(caches.unique) == 2
+    stage(caches.of[0], "r1", 3, "stage1")  # (both scorers that share it stage their rows)
+    stage(caches.of[2], "r1", 2, "stage3")
+    stage(caches.of[1], "r1", 4)
+    caches.publish("r1")
+    assert [len(c.load()) for c in caches.of] == [5, 4, 5]  # (publishing it twice would empty it)
+    assert not RunCaches(None, [same, other]) and RunCaches(None, [same]).unique == []
