@@ -78,7 +78,7 @@ def main() -> None:
     ref.scores(queries[:2], docs[:2], [None, None])  # warm-up, both contenders
     ours.score(queries[:2], docs[:2])
     ref_scores, ref_s = timed(reference)
-    our_scores, our_s = timed(lambda: ours.score(queries, docs))
+    our_scores, our_s = timed(lambda: ours.score(queries, docs).values)
 
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"Qwen3 0.6B shape ({params:.2f}B params, random weights), {args.dtype}, {where}, "
@@ -93,8 +93,8 @@ def main() -> None:
     mix_docs = [tok.decode(tok(d, add_special_tokens=False)["input_ids"][:200]) for d in docs]
     n = min(args.mix_candidates, len(mix_docs))
     mix_q, mix_d = [queries[0]] * n, mix_docs[:n]
-    plain, plain_s = timed(lambda: ours.logits(mix_q, mix_d, share_prefix=False))
-    shared, shared_s = timed(lambda: ours.logits(mix_q, mix_d, share_prefix=True))
+    plain, plain_s = timed(lambda: ours.logits(mix_q, mix_d, share_prefix=False)[0])
+    shared, shared_s = timed(lambda: ours.logits(mix_q, mix_d, share_prefix=True)[0])
     batch = ours.encoder.encode(mix_q, mix_d)
     print(f"\nShared-prefix KV cache: 1 query x {n} candidates of ~200 tokens; "
           f"{batch.groups[0].shared} of {int(batch.lengths.mean())} mean prompt tokens shared\n")

@@ -201,7 +201,7 @@ def worker(contender: str, data: Path, model: str, args: argparse.Namespace) -> 
         result["startup"] = time.perf_counter() - start
         counter = hook(ours.model)
         start = time.perf_counter()
-        scores = ours.score([p[0] for p in pairs], [p[1] for p in pairs])
+        scores = ours.score([p[0] for p in pairs], [p[1] for p in pairs]).values
         result["seconds"] = time.perf_counter() - start
         start = time.perf_counter()  # where should tokenization run? its share of the time says
         ours.encoder.encode_pairs([p[0] for p in pairs], [p[1] for p in pairs])

@@ -12,7 +12,6 @@ look their pairs up in their own score cache (their model's namespace) when one 
 
 from __future__ import annotations
 
-import math
 import posixpath
 from collections.abc import Sequence
 from typing import Any
@@ -27,21 +26,9 @@ from jobs.config import JobConfig
 from jobs.fs import arrow_filesystem
 from jobs.ranking import CascadeRanker, StageRanker, advancing, rank_queries
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
-from jobs.schema import (
-    DOC,
-    INSTRUCTION,
-    KEY_PREFIX,
-    QUERY,
-    QUERY_ID,
-    SCORE,
-    SKIP_REASON,
-    stage_score,
-)
-from jobs.stages import Scorer
+from jobs.schema import KEY_PREFIX, QUERY_ID, SCORE, SKIP_REASON, TEXTS, stage_score
+from jobs.stages import Scorer, rank_partitions
 from reranker_actors.actor import ScoreActor
-
-ROWS_PER_RANK_PARTITION = 1_000_000
-TEXTS = (QUERY, DOC, INSTRUCTION)
 
 
 def _as_stage1(batch: pa.Table) -> pa.Table:
@@ -76,7 +63,7 @@ def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str, fs:
     scored (with their cache keys and hits when cached).
     """
     stages = cfg.stages()
-    partitions = max(1, math.ceil(num_pairs / ROWS_PER_RANK_PARTITION))
+    partitions = rank_partitions(num_pairs)
     filesystem = ray_filesystem(fs)
     ds = ray.data.read_parquet(scored, filesystem=filesystem).map_batches(_as_stage1, batch_format="pyarrow")
     scored_dirs: list[str] = []

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jobs.errors import ConfigError
 from jobs.schema import OUTPUT_COLUMNS
-from reranker_actors.registry import BACKENDS, AnyRerankerConfig, unknown_backend_message
+from reranker_actors.registry import BACKENDS, AnyRerankerConfig, backends_that, unknown_backend_message, unsupported
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,7 +32,7 @@ class InputColumns(Section):
     rank: str | None = Field(None, description="First-stage rank column, passed through.")
     candidates: str = Field("candidates", description="Nested layout: list<struct> column.")
     instruction: str | None = Field(
-        None, description="Per-row task instruction (llm_yes_no); empty values use the default."
+        None, description="Per-row task instruction (LLM rerankers); empty values use the default."
     )
 
 
@@ -61,10 +61,13 @@ class ActorConfig(Section):
     num_gpus: float = Field(0, ge=0, description="GPUs per actor; fractions pack actors on a GPU.")
     num_cpus: float = Field(1, gt=0)
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources.")
+    label_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels an actor's node must have, e.g. "
+        "{ray.io/accelerator-type: H100}; empty: any node.")
     batch_size: int = Field(512, ge=1, description="Pairs per call of an actor.")
     threads: int | None = Field(None, ge=1, description="torch threads; default round(num_cpus).")
-    max_restarts: int = Field(3, ge=0, description="Restarts of an actor that died (OOM kill, lost node).")
-    max_task_retries: int = Field(3, ge=0, description="Retries of a batch whose actor died mid-batch.")
+    max_restarts: int = Field(
+        3, ge=0, description="Restarts of an actor that died (OOM kill, lost node), per node; its batch is retried.")
     start_timeout_s: float = Field(
         900, gt=0, description="Fail if the pool's first actors cannot be placed within this time."
     )
@@ -126,7 +129,7 @@ class JobConfig(Section):
 
 def stage_checks(key: str, reranker: Any, actor: ActorConfig) -> list[str]:
     """Checks of one model and its actor pool; `key` prefixes their config keys."""
-    errors = []
+    errors = [f"{key}reranker.{problem}" for problem in unsupported(reranker)]
     if reranker.dtype == "float16" and actor.num_gpus == 0:
         errors.append(
             f"{key}reranker.dtype: float16 runs on CUDA only, but {key}actor.num_gpus is 0 (CPU). fp16 "
@@ -151,12 +154,7 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
         if before is not None and stage.top_n > before:
             errors.append(f"cascade.{i}.top_n ({stage.top_n}) must not exceed cascade.{i - 1}.top_n ({before}): "
                           "a stage only sees what the previous stage passed on")
-    backends = {stage.reranker.backend for _, stage in cfg.stages()}
-    if cfg.input.columns.instruction and "llm_yes_no" not in backends:
-        errors.append(
-            f"input.columns.instruction: only backend llm_yes_no takes a task instruction; "
-            f"{', '.join(sorted(backends))} would ignore it"
-        )
+    errors += instruction_checks(cfg.input, [stage.reranker for _, stage in cfg.stages()])
     for name in cfg.input.extra_columns:
         if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith(("_", "stage")):
             errors.append(
@@ -165,6 +163,15 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
                 "rename it in the input"
             )
     return errors
+
+
+def instruction_checks(input_cfg: InputConfig, rerankers: list[Any]) -> list[str]:
+    """A per-row instruction column needs a model whose family takes instructions."""
+    backends = {r.backend for r in rerankers}
+    if not input_cfg.columns.instruction or set(backends_that("takes_instruction")) & backends:
+        return []
+    return [f"input.columns.instruction: only backend(s) {', '.join(backends_that('takes_instruction'))} take a "
+            f"task instruction; {', '.join(sorted(backends))} would ignore it"]
 
 
 def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
@@ -200,10 +207,22 @@ def _located(loc: tuple[Any, ...], root: type[BaseModel]) -> tuple[Any, str]:
     return _model_at(root, loc[:-1]), ".".join(str(p) for p in shown) or "(top level)"
 
 
+def _other_family_key(loc: tuple[Any, ...]) -> str | None:
+    """For a key under `reranker` that the chosen backend lacks: the backends that have it."""
+    if len(loc) < 3 or loc[-3] != "reranker" or loc[-2] not in BACKENDS:
+        return None
+    owners = sorted(b for b, cls in BACKENDS.items() if loc[-1] in cls.config_class.model_fields)
+    return ", ".join(owners) or None
+
+
 def format_error(err: dict[str, Any], root: type[BaseModel]) -> str:
     """One pydantic error as `key: what is wrong (what is accepted)`."""
-    owner, key = _located(tuple(err["loc"]), root)
+    loc = tuple(err["loc"])
+    owner, key = _located(loc, root)
     kind = err["type"]
+    if kind == "extra_forbidden" and (owners := _other_family_key(loc)):
+        return (f"{key}: unknown key for backend {loc[-2]} (only {owners} take it); drop it from the "
+                "config when switching backends")
     if kind == "extra_forbidden":
         accepted = ", ".join(owner.model_fields) if owner else "?"
         return f"{key}: unknown key; accepted here: {accepted}"
@@ -266,6 +285,8 @@ def load_yaml(path: str | Path, overrides: list[str] | None, model: type[M],
         errors += [format_error(err, model) for err in e.errors(include_url=False)]
     if cfg is not None:
         errors += cross_checks(cfg)
+    if len(errors) == 1:
+        raise ConfigError(f"config {path}: {errors[0]}")
     if errors:
         listing = "\n  - ".join(errors)
         raise ConfigError(f"config {path}: {len(errors)} error(s):\n  - {listing}")

@@ -15,15 +15,13 @@ from jobs.config import (
     OutputConfig,
     RayConfig,
     Section,
+    instruction_checks,
     load_yaml,
     stage_checks,
 )
 from jobs.errors import ConfigError
 from jobs.labels import LabelsConfig, Teacher, check_teachers
-from reranker_actors.registry import AnyRerankerConfig
-
-# How a teacher's raw score becomes a probability (jobs.labels.Teacher.kind).
-KINDS = {"cross_encoder": "logit", "llm_yes_no": "logit", "bi_encoder": "cosine"}
+from reranker_actors.registry import AnyRerankerConfig, family
 
 
 class TeacherConfig(Section):
@@ -63,7 +61,8 @@ class DistillConfig(Section):
     ray: RayConfig = RayConfig()
 
     def teacher_specs(self) -> list[Teacher]:
-        return [Teacher(t.name, t.column, t.weight, KINDS[t.reranker.backend]) for t in self.teachers]
+        return [Teacher(t.name, t.column, t.weight, family(t.reranker.backend).score_kind(t.reranker.activation))
+                for t in self.teachers]
 
 
 def _cross_checks(cfg: DistillConfig) -> list[str]:
@@ -72,9 +71,7 @@ def _cross_checks(cfg: DistillConfig) -> list[str]:
         check_teachers(cfg.teacher_specs())
     except ConfigError as e:
         errors.append(str(e))
-    if cfg.input.columns.instruction and "llm_yes_no" not in {t.reranker.backend for t in cfg.teachers}:
-        errors.append("input.columns.instruction: only llm_yes_no teachers take a task instruction")
-    return errors
+    return errors + instruction_checks(cfg.input, [t.reranker for t in cfg.teachers])
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> DistillConfig:

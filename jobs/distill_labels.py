@@ -16,8 +16,9 @@ formats -> evaluate -> report -> commit (_SUCCESS last). Under output.path:
 
 from __future__ import annotations
 
-import math
 import sys
+from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -25,28 +26,26 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray.data
 
-from jobs.checkpoints import Checkpoints, fingerprint
 from jobs.cli import run_cli
+from jobs.config import ActorConfig
 from jobs.distill_config import DistillConfig, load_config
-from jobs.errors import InputError
-from jobs.evaluate import Qrels, Run, evaluate, load_qrels, mean, read_run
+from jobs.evaluate import Qrels, evaluate, read_run
+from jobs.evaluate import Run as Ranking
 from jobs.fs import arrow_filesystem
-from jobs.inputs import Inputs, discover
 from jobs.label_formats import cross_encoder_table, flag_embedding_records
 from jobs.labels import CANDIDATES, TEACHER_RANK, LabelsConfig, Teacher, label_queries, output_schema
-from jobs.output import CROSS_ENCODER, FLAG_EMBEDDING, QUARANTINE, OutputDir, commit_run
-from jobs.quarantine import write_quarantine
+from jobs.lifecycle import Job, Produced, Run, run_job
+from jobs.output import CROSS_ENCODER, FLAG_EMBEDDING, OutputDir
 from jobs.ranking import dedupe
-from jobs.ray_runtime import check_pool_fits, ray_filesystem, ray_session
+from jobs.ray_runtime import ray_filesystem
 from jobs.report_html import ScoreSeries, render_report
-from jobs.rerank import Stopwatch
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, SKIP_REASON
-from jobs.score_cache import RunCaches
-from jobs.stages import Scored, Scorer, parquet_files, score_pairs
+from jobs.stages import Scored, Scorer, parquet_files, rank_partitions
 from jobs.summary import RunSummary
+from reranker_actors.base import RerankerConfig
+from reranker_actors.registry import score_settings
 
 REPORT_QUERIES = 2_000  # queries the HTML report draws from (the first ones written)
-
 
 def make_labels(table: pa.Table, teachers: list[Teacher], labels: LabelsConfig, qrels: Qrels | None,
                 on_duplicate: str) -> pa.Table:
@@ -89,97 +88,93 @@ def _flat_sample(fs: fsspec.AbstractFileSystem, records: list[str], cfg: Distill
     return pa.table(cols | {t.column: pc.struct_field(flat, t.name) for t in cfg.teachers})
 
 
-def _evaluation(cfg: DistillConfig, qrels: Qrels, fs: fsspec.AbstractFileSystem, scored: list[str],
-                records: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """Per-query metrics of the first stage, of each teacher and of the combined teacher ranking."""
-    runs: dict[str, Run] = {}
-    first = FIRST_STAGE_RANK if cfg.input.columns.rank else FIRST_STAGE_SCORE if cfg.input.columns.score else None
-    if first:
-        runs["first stage"] = read_run(fs, scored, set(qrels), first, where_valid=cfg.teachers[0].column)
-    runs |= {f"teacher {t.name}": read_run(fs, scored, set(qrels), t.column) for t in cfg.teachers}
+@dataclass
+class Labelled(Produced):
+    records: list[str] = field(default_factory=list)  # the labelled part files, staged
+
+
+class DistillJob(Job[Labelled]):
+    def __init__(self, cfg: DistillConfig) -> None:
+        self.cfg = self.config = cfg
+        self.input, self.output_path, self.cache_path = cfg.input, cfg.output.path, cfg.cache.path
+        self.ray, self.qrels_path = cfg.ray, cfg.qrels
+        self.keep_texts = True  # (the labels carry them)
+
+    def rerankers(self) -> list[RerankerConfig]:
+        return [t.reranker for t in self.cfg.teachers]
+
+    def pools(self) -> list[list[ActorConfig]]:
+        return [[t.actor for t in self.cfg.teachers]]  # (the teachers' pools run together)
+
+    def scorers(self, run: Run) -> list[Scorer]:
+        return [Scorer(t.column, t.reranker, t.actor, ref) for t, ref in zip(self.cfg.teachers, run.cache_refs)]
+
+    def checkpoint_settings(self) -> dict[str, Any]:
+        return {"teachers": [{"name": t.name, "reranker": score_settings(t.reranker)} for t in self.cfg.teachers],
+                "cache keys": self.cache_path is not None,
+                "input": self.cfg.input.model_dump(exclude={"path", "on_duplicate"})}
+
+    def produce(self, run: Run, scored: Scored, shards: list[str]) -> Labelled:
+        cfg, out = self.cfg, run.out
+        labelled = Labelled(out.staging("records"),
+                            cache_rows=[(i, shards, t.column) for i, t in enumerate(cfg.teachers)])
+        with run.clock.stage("labels"):
+            ds = ray.data.read_parquet(shards, filesystem=ray_filesystem(out.fs))
+            ds = ds.groupby(QUERY_ID, num_partitions=rank_partitions(scored.scored)).map_groups(
+                make_labels, batch_format="pyarrow", fn_kwargs={
+                    "teachers": cfg.teacher_specs(), "labels": cfg.labels, "qrels": run.qrels,
+                    "on_duplicate": cfg.input.on_duplicate})
+            ds.write_parquet(labelled.staged, filesystem=ray_filesystem(out.fs))
+            labelled.records = parquet_files(out.fs, labelled.staged)
+        with run.clock.stage("formats"):
+            labelled.side = _formats(cfg, out)
+        return labelled
+
+    def evaluate(self, run: Run, shards: list[str], produced: Labelled) -> dict[str, dict[str, dict[str, float]]]:
+        """The first stage, each teacher, and the teachers' combined ranking."""
+        assert run.qrels is not None
+        cfg, fs, qrels = self.cfg, run.out.fs, run.qrels
+        runs: dict[str, Ranking] = {}
+        c = cfg.input.columns
+        first = FIRST_STAGE_RANK if c.rank else FIRST_STAGE_SCORE if c.score else None
+        if first:
+            runs["first stage"] = read_run(fs, shards, set(qrels), first, where_valid=cfg.teachers[0].column)
+        runs |= {f"teacher {t.name}": read_run(fs, shards, set(qrels), t.column) for t in cfg.teachers}
+        runs["teachers combined"] = _combined_run(fs, produced.records, qrels)
+        return {stage: evaluate(r, qrels, 10) for stage, r in runs.items()}
+
+    def summary_fields(self, run: Run, scored: Scored, produced: Labelled) -> dict[str, Any]:
+        teachers = self.cfg.teachers
+        rows = pads.dataset(produced.records, filesystem=arrow_filesystem(run.out.fs), format="parquet").count_rows()
+        return dict(queries=rows, rows_out=rows, files_out=len(produced.records),
+                    model=" + ".join(t.reranker.model for t in teachers), revision=None,
+                    backend=" + ".join(t.reranker.backend for t in teachers))
+
+    def report(self, run: Run, produced: Labelled, summary: RunSummary,
+               per_query: dict[str, dict[str, dict[str, float]]]) -> str:
+        cfg = self.cfg
+        return render_report(
+            _flat_sample(run.out.fs, produced.records, cfg),
+            [ScoreSeries(f"teacher {t.name}: {t.reranker.model}", t.column, None) for t in cfg.teachers],
+            title=f"batch-rerank distillation labels {run.out.run_id}", counts=summary.counts(),
+            first_stage_rank=FIRST_STAGE_RANK if cfg.input.columns.rank else None, final_rank=TEACHER_RANK,
+            ndcg={stage: {q: m["ndcg@10"] for q, m in pq.items()} for stage, pq in per_query.items()})
+
+
+def _combined_run(fs: fsspec.AbstractFileSystem, records: list[str], qrels: Qrels) -> Ranking:
+    """The teachers' combined ranking of the judged queries, read from the labelled records."""
     data = pads.dataset(records, filesystem=arrow_filesystem(fs), format="parquet")
     table = data.to_table(columns=[QUERY_ID, CANDIDATES], filter=pc.field(QUERY_ID).isin(sorted(qrels)))
     flat, parent = pc.list_flatten(table[CANDIDATES]), pc.list_parent_indices(table[CANDIDATES])
-    combined: Run = {}
+    combined: Ranking = {}
     for q, d, r in zip(table[QUERY_ID].take(parent).to_pylist(), pc.struct_field(flat, DOC_ID).to_pylist(),
                        pc.struct_field(flat, TEACHER_RANK).to_pylist()):
         combined.setdefault(q, {})[d] = -float(r)
-    runs["teachers combined"] = combined
-    return {stage: evaluate(run, qrels, 10) for stage, run in runs.items()}
-
-
-def _summary(cfg: DistillConfig, where: str, inputs: Inputs, scored: Scored, quarantined: int, out: OutputDir,
-             records: list[str], per_query: dict, seconds: dict[str, float]) -> RunSummary:
-    rows = pads.dataset(records, filesystem=arrow_filesystem(out.fs), format="parquet").count_rows()
-    return RunSummary(
-        ray=where, input=str(cfg.input.path),
-        input_files=[{"url": f.url, "size": f.size, "rows": f.num_rows} for f in inputs.files],
-        pairs=scored.pairs, skipped=scored.skipped, quarantined=quarantined, truncated=scored.truncated,
-        queries=rows, rows_out=rows, output=cfg.output.path, files_out=len(records),
-        model=" + ".join(t.reranker.model for t in cfg.teachers), revision=None,
-        backend=" + ".join(t.reranker.backend for t in cfg.teachers), dtype=", ".join(scored.dtypes),
-        config_hash=fingerprint(cfg.model_dump()), resumed_files=scored.resumed, scored_now=scored.scored_now,
-        run_id=out.run_id, score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
-        cached=scored.cached, seconds=seconds, metrics={stage: mean(pq) for stage, pq in per_query.items()},
-        eval_queries=len(next(iter(per_query.values()), {})),
-    )
+    return combined
 
 
 def run(cfg: DistillConfig) -> RunSummary:
-    clock = Stopwatch()
-    with clock.stage("validate"):
-        inputs = discover(cfg.input)
-        qrels = load_qrels(cfg.qrels) if cfg.qrels else None
-        out = OutputDir(cfg.output.path)
-        out.prepare(inputs.paths, inputs.dirs)
-        checkpoints = Checkpoints(out.fs, out.root, fingerprint({
-            "teachers": [t.model_dump() for t in cfg.teachers], "cache keys": cfg.cache.path is not None,
-            "input": cfg.input.model_dump(exclude={"path", "on_duplicate"})}))
-        caches = RunCaches(cfg.cache.path, [t.reranker.model_dump() for t in cfg.teachers])
-    try:
-        with ray_session(cfg.ray) as where:
-            check_pool_fits([t.actor for t in cfg.teachers])  # (the teachers' pools run together)
-            with clock.stage("score"):
-                scorers = [Scorer(t.column, t.reranker, t.actor, ref)
-                           for t, ref in zip(cfg.teachers, caches.broadcast())]
-                scored = score_pairs(inputs, cfg.input, scorers, checkpoints, keep_texts=True)
-            if scored.scored == 0:
-                raise InputError(f"input.path {cfg.input.path!r}: no valid pairs ({scored.pairs} read, "
-                                 f"{scored.skipped} skipped as invalid)")
-            shard_files = checkpoints.shard_files(scored.shard_ids)
-            with clock.stage("labels"):
-                ds = ray.data.read_parquet(shard_files, filesystem=ray_filesystem(out.fs))
-                ds = ds.groupby(QUERY_ID, num_partitions=max(1, math.ceil(scored.scored / 1e6))).map_groups(
-                    make_labels, batch_format="pyarrow", fn_kwargs={
-                        "teachers": cfg.teacher_specs(), "labels": cfg.labels, "qrels": qrels,
-                        "on_duplicate": cfg.input.on_duplicate})
-                ds.write_parquet(out.staging("records"), filesystem=ray_filesystem(out.fs))
-                records = parquet_files(out.fs, out.staging("records"))
-            with clock.stage("formats"):
-                side = _formats(cfg, out)
-            quarantined = write_quarantine(out.fs, checkpoints, scored, out.staging(QUARANTINE))
-            per_query = _evaluation(cfg, qrels, out.fs, shard_files, records) if qrels else {}
-            if caches:
-                for i, scorer in enumerate(scorers):
-                    caches.write(i, shard_files, out.fs, out.run_id, scorer.column)
-        summary = _summary(cfg, where, inputs, scored, quarantined, out, records, per_query, clock.seconds)
-        html = render_report(
-            _flat_sample(out.fs, records, cfg),
-            [ScoreSeries(f"teacher {t.name}: {t.reranker.model}", t.column, None) for t in cfg.teachers],
-            title=f"batch-rerank distillation labels {out.run_id}", counts=summary.counts(),
-            first_stage_rank=FIRST_STAGE_RANK if cfg.input.columns.rank else None, final_rank=TEACHER_RANK,
-            ndcg={stage: {q: m["ndcg@10"] for q, m in pq.items()} for stage, pq in per_query.items()})
-        if quarantined:
-            side[QUARANTINE] = out.staging(QUARANTINE)
-        with clock.stage("commit"):
-            commit_run(out, out.staging("records"), summary.to_dict(), summary.render(), html, side)
-        caches.publish(out.run_id)
-        checkpoints.remove_all()
-    except BaseException:
-        out.abort()  # (checkpoints stay: a rerun resumes from them)
-        caches.discard(out.run_id)
-        raise
-    return summary
+    return run_job(DistillJob(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

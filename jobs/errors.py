@@ -1,42 +1,11 @@
-"""Errors a user can cause, and how to find them inside Ray's exception wrappers."""
+"""Errors a user can cause (the engine's, reranker_actors.errors, used by the job as they
+are), and how to find them inside Ray's exception wrappers."""
 
 from __future__ import annotations
 
+from reranker_actors.errors import ConfigError, InputError, ModelError, UserError
 
-class UserError(Exception):
-    """A problem with the user's config or data. The job prints the message and exits 2.
-
-    The message alone must say what is wrong (file, column, row or key) and what would be
-    accepted; no traceback is shown for these.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    @property  # type: ignore[override]
-    def args(self) -> tuple[str]:
-        return (self.message,)
-
-    @args.setter
-    def args(self, value: tuple) -> None:
-        """Ignored: Ray Data appends generic retry advice to a UDF error's args, which would
-        bury the one message the user needs under text about transient failures."""
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class ConfigError(UserError):
-    """The YAML config or a command-line override is invalid."""
-
-
-class InputError(UserError):
-    """The input data is unusable: missing files, wrong schema, bad rows."""
-
-
-class ModelError(UserError):
-    """A model could not be loaded or cannot run on the requested device/dtype."""
+__all__ = ["ConfigError", "InputError", "ModelError", "UserError", "find_user_error"]
 
 
 def find_user_error(exc: BaseException) -> UserError | None:

@@ -209,6 +209,11 @@ def label_queries(table: pa.Table, teachers: list[Teacher], cfg: LabelsConfig,
     fsr = (_column(table, FIRST_STAGE_RANK, "first-stage rank", pa.int32()) if FIRST_STAGE_RANK in table.column_names
            else pa.nulls(len(table), pa.int32()))
     raws = [_column(table, t.column, f"teacher {t.name!r} score", pa.float64()).to_numpy() for t in teachers]
+    # A fixed row order first, so the per-query sums below add up in the same order (and give
+    # the same bits) whatever order the rows arrived in.
+    fixed = pc.sort_indices(pa.table({"q": qid, "d": did}), [("q", "ascending"), ("d", "ascending")])
+    qid, did, query, doc, fsr = (a.take(fixed) for a in (qid, did, query, doc, fsr))
+    raws = [raw[fixed.to_numpy()] for raw in raws]
     uniq = pc.unique(qid).sort()  # a query's number: the position of its id in sorted order
     code = pc.index_in(qid, value_set=uniq).to_numpy().astype(np.int64)
     counts = np.bincount(code, minlength=len(uniq))

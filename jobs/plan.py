@@ -36,24 +36,12 @@ import sys
 from pathlib import Path
 
 from jobs.errors import ConfigError, UserError
+from reranker_actors.registry import known_models
 
 FIGURES = Path(__file__).resolve().parents[1] / "benchmarks" / "figures.json"
-XLMR_LARGE = dict(layers=24, hidden=1024, intermediate=4096, heads=16, params=568e6)
-MINILM = dict(layers=6, hidden=384, intermediate=1536, heads=12, params=22.7e6)
-# Qwen3-Reranker-{0.6B,4B,8B} fine-tune Qwen3-{0.6B,4B,8B}-Base (model cards) and keep their config.json shapes:
-# 8B: num_hidden_layers 36, hidden_size 4096, intermediate_size 12288, 32 heads, 8 KV heads, head_dim 128 (Qwen/Qwen3-8B
-# config.json; the same in the GGUF metadata of ollama.com/Krakekai/qwen3-reranker-8b.gguf). 4B: 36, 2560, 9728, 32/8,
-# 128 (Qwen3-4B config.json; hf.co/kread/Qwen3-Reranker-4B-int8-ov lists 36 layers, hidden 2560, 32/8 heads).
-QWEN3 = dict(kv_heads=8, head_dim=128, gated=True)
-MODELS = {  # lower-cased model id -> shape
-    "baai/bge-reranker-v2-m3": XLMR_LARGE, "cross-encoder/ms-marco-minilm-l-6-v2": MINILM,
-    "all-minilm-l6-v2": MINILM, "sentence-transformers/all-minilm-l6-v2": MINILM,
-    "qwen/qwen3-reranker-0.6b": QWEN3 | dict(layers=28, hidden=1024, intermediate=3072, heads=16, params=0.6e9),
-    "qwen/qwen3-reranker-4b": QWEN3 | dict(layers=36, hidden=2560, intermediate=9728, heads=32, params=4.0e9),
-    "qwen/qwen3-reranker-8b": QWEN3 | dict(layers=36, hidden=4096, intermediate=12288, heads=32, params=8.2e9),
-}
-KNOWN = ("BAAI/bge-reranker-v2-m3", "cross-encoder/ms-marco-MiniLM-L-6-v2", "all-MiniLM-L6-v2",
-         "Qwen/Qwen3-Reranker-0.6B", "Qwen/Qwen3-Reranker-4B", "Qwen/Qwen3-Reranker-8B")
+# Hub id -> architecture shape, as each reranker family declares its known models.
+KNOWN = tuple(known_models())
+MODELS = {model.lower(): shape for model, shape in known_models().items()}
 # Dense (no sparsity) fp16 tensor-core TFLOPS, NVIDIA datasheets (nvidia.com/en-us/data-center/<gpu>/; their
 # headline numbers are with 2:4 sparsity, twice these): H100 SXM 989 (1,979 sparse), H100 PCIe 756 (1,513),
 # H200 989, A100 312 (624), L4 121 (242), L40S 362 (733). A10G: AWS's variant of the A10 has no public NVIDIA

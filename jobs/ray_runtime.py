@@ -89,25 +89,20 @@ def actor_pool_deadline(actors: list[ActorConfig]) -> Iterator[None]:
 
 
 def actor_pool_args(actor: ActorConfig, constructor_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """map_batches(...) keyword arguments for an actor-pool stage."""
+    """map_batches(...) keyword arguments for an actor-pool stage.
+
+    Ray Data restarts an actor that died and retries its batch; the actor itself bounds
+    how often (actor.max_restarts, reranker_actors.restarts).
+    """
     size = actor.pool_size
     compute = (ray.data.ActorPoolStrategy(size=size.min) if size.min == size.max
                else ray.data.ActorPoolStrategy(min_size=size.min, max_size=size.max))
-    args: dict[str, Any] = dict(
-        compute=compute,
-        batch_size=actor.batch_size,
-        num_cpus=actor.num_cpus,
-        fn_constructor_kwargs=constructor_kwargs,
-        # A dead actor (OOM kill, node lost) is restarted and its batch retried, a bounded
-        # number of times, so a deterministic crash cannot loop forever.
-        max_restarts=actor.max_restarts,
-        max_task_retries=actor.max_task_retries,
-    )
-    if actor.num_gpus:
-        args["num_gpus"] = actor.num_gpus
-    if actor.resources:
-        args["resources"] = dict(actor.resources)
-    return args
+    return dict(compute=compute, batch_size=actor.batch_size, num_cpus=actor.num_cpus,
+                num_gpus=actor.num_gpus or None, resources=dict(actor.resources) or None,
+                # Passed even when empty: Ray Data then never fuses the read and normalize
+                # tasks into the actors' operator, so they run beside the scorers, not on them.
+                label_selector=dict(actor.label_selector),
+                fn_constructor_kwargs=constructor_kwargs)
 
 
 def ray_filesystem(fs: fsspec.AbstractFileSystem) -> fsspec.AbstractFileSystem | None:

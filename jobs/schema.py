@@ -1,40 +1,40 @@
-"""Canonical column names inside the pipeline and in the ranked output."""
+"""Canonical column names inside the pipeline and in the ranked output. The ones the
+scoring actor reads and writes are the engine's (reranker_actors.columns)."""
 
-QUERY_ID = "query_id"
-QUERY = "query"
-DOC_ID = "doc_id"
-DOC = "doc"
+from reranker_actors.columns import (
+    BATCH_END,
+    BATCH_START,
+    DOC,
+    DOC_ID,
+    DTYPE,
+    HIT_PREFIX,
+    INSTRUCTION,
+    KEY_PREFIX,
+    QUERY,
+    QUERY_ID,
+    SCORE,
+    SKIP_REASON,
+    TEXTS,
+    TRUNCATED,
+    cache_hit_column,
+    cache_key_column,
+)
+
+__all__ = ["BATCH_END", "BATCH_START", "DOC", "DOC_ID", "DTYPE", "FIRST_STAGE_RANK", "FIRST_STAGE_SCORE",
+           "HIT_PREFIX", "INSTRUCTION", "KEY_PREFIX", "MODEL", "OUTPUT_COLUMNS", "QUERY", "QUERY_ID", "RANK",
+           "SCORE", "SHARD", "SKIP_REASON", "TEXTS", "TRUNCATED", "UNITS", "cache_hit_column", "cache_key_column",
+           "stage_rank", "stage_score"]
+
 FIRST_STAGE_SCORE = "first_stage_score"
 FIRST_STAGE_RANK = "first_stage_rank"
-SCORE = "score"
 RANK = "rank"
 MODEL = "model"
 
-# Internal columns, never in the output:
-SKIP_REASON = "_skip_reason"  # why a row was skipped (null when it is valid and scored)
-INSTRUCTION = "_instruction"  # the row's task instruction (null: the configured default)
-DTYPE = "_dtype"  # the dtype the actor that scored the row resolved (auto -> float16, ...)
-
 # The ranked output, in this order, followed by the configured extra columns.
 OUTPUT_COLUMNS = (QUERY_ID, DOC_ID, SCORE, RANK, FIRST_STAGE_SCORE, FIRST_STAGE_RANK, MODEL)
+# Internal columns, never in the output:
 SHARD = "_shard"  # index of the row's input file among this run's pending files
 UNITS = "_units"  # on an input row's first pair: how many pairs that row yielded; else 0
-TRUNCATED = "_truncated"  # pairs the actor truncated in this batch, on the batch's first row
-BATCH_START = "_batch_start"  # wall-clock time the actor began this batch, on its first row
-BATCH_END = "_batch_end"  # wall-clock time the actor finished this batch, on its first row
-
-
-KEY_PREFIX, HIT_PREFIX = "_key_", "_hit_"
-
-
-def cache_key_column(score_column: str) -> str:
-    """A scorer's score-cache key per pair (jobs.score_cache), kept in the checkpoints."""
-    return f"{KEY_PREFIX}{score_column}"
-
-
-def cache_hit_column(score_column: str) -> str:
-    """Whether the scorer took the pair's score from the cache (counted, then dropped)."""
-    return f"{HIT_PREFIX}{score_column}"
 
 
 def stage_score(stage: int) -> str:

@@ -17,15 +17,11 @@ every actor on a node reads the same copy (zero-copy): about 20 bytes a pair.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
@@ -34,85 +30,25 @@ from fsspec.implementations.local import LocalFileSystem
 from jobs.checkpoints import fingerprint
 from jobs.fs import arrow_filesystem, visible_parquet
 from jobs.schema import SCORE, cache_hit_column, cache_key_column
+from reranker_actors.base import RerankerConfig
+from reranker_actors.cache_keys import KEY_TYPE, CacheIndex, namespace_settings, pair_keys
 
-KEY_TYPE = pa.binary(16)
-# Settings that change how fast a score is computed, not what it is.
-NOT_IN_NAMESPACE = {"max_tokens_per_batch", "compile", "dtype"}
-
-
-def namespace(reranker: dict[str, Any]) -> str:
-    """The cache directory name for a reranker config (a `RerankerConfig.model_dump()`)."""
-    return fingerprint({k: v for k, v in reranker.items() if k not in NOT_IN_NAMESPACE})
+__all__ = ["KEY_TYPE", "CacheIndex", "RunCaches", "ScoreCache", "namespace", "pair_keys"]
 
 
-def pair_keys(dtype: str, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> pa.FixedSizeBinaryArray:
-    """128-bit keys of (dtype, instruction, query, doc); each part length-prefixed."""
-    head = _part(dtype)
-    out = bytearray()
-    for i, (query, doc) in enumerate(zip(queries, docs)):
-        h = hashlib.blake2b(head, digest_size=16)
-        h.update(_part((instructions[i] if instructions else None) or ""))
-        h.update(_part(query))
-        h.update(_part(doc))
-        out += h.digest()
-    return pa.FixedSizeBinaryArray.from_buffers(KEY_TYPE, len(docs), [None, pa.py_buffer(bytes(out))])
-
-
-def _part(text: str) -> bytes:
-    data = text.encode("utf-8", "surrogatepass")
-    return len(data).to_bytes(8, "little") + data
-
-
-def _halves(keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.frombuffer(keys.buffers()[1], dtype="<u8", count=2 * (len(keys) + keys.offset))
-    pairs = raw.reshape(-1, 2)[keys.offset:]
-    return pairs[:, 0], pairs[:, 1]
-
-
-@dataclass
-class CacheIndex:
-    """Sorted keys (as two uint64 halves) and their scores: lookups by binary search."""
-
-    hi: np.ndarray
-    lo: np.ndarray
-    score: np.ndarray
-
-    @classmethod
-    def from_table(cls, table: pa.Table) -> CacheIndex:
-        keys = table["key"].combine_chunks() if len(table) else pa.array([], KEY_TYPE)
-        hi, lo = _halves(keys)
-        order = np.lexsort((lo, hi))
-        score = table["score"].to_numpy().astype(np.float32) if len(table) else np.empty(0, np.float32)
-        return cls(np.ascontiguousarray(hi[order]), np.ascontiguousarray(lo[order]), score[order])
-
-    def __len__(self) -> int:
-        return len(self.hi)
-
-    def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask, scores) for `keys`; scores are 0 where not found."""
-        hi, lo = _halves(keys)
-        found = np.zeros(len(keys), dtype=bool)
-        scores = np.zeros(len(keys), dtype=np.float32)
-        if not len(self.hi):
-            return found, scores
-        left = np.searchsorted(self.hi, hi, side="left")
-        right = np.searchsorted(self.hi, hi, side="right")
-        for i in np.flatnonzero(right > left):  # (several entries share `hi` only by a 64-bit collision)
-            at = left[i] + np.flatnonzero(self.lo[left[i]:right[i]] == lo[i])
-            if len(at):
-                found[i], scores[i] = True, self.score[at[0]]
-        return found, scores
+def namespace(reranker: RerankerConfig | dict[str, Any]) -> str:
+    """The cache directory name for a reranker config (or its `model_dump()`)."""
+    return fingerprint(namespace_settings(reranker))
 
 
 class ScoreCache:
     """One namespace of the cache under `url` (local or s3://)."""
 
-    def __init__(self, url: str, reranker: dict[str, Any]) -> None:
+    def __init__(self, url: str, reranker: RerankerConfig | dict[str, Any]) -> None:
         self.fs, root = fsspec.core.url_to_fs(url)
-        self.namespace = namespace(reranker)
+        self.settings = namespace_settings(reranker)
+        self.namespace = fingerprint(self.settings)
         self.dir = posixpath.join(root, self.namespace)
-        self.settings = {k: v for k, v in reranker.items() if k not in NOT_IN_NAMESPACE}
 
     @property
     def url(self) -> str:
@@ -160,7 +96,7 @@ class RunCaches:
     Scorers whose settings are the same share one namespace, so it is loaded, put in the
     object store, published and discarded once. No cache.path: no caches, refs all None."""
 
-    def __init__(self, url: str | None, rerankers: list[dict[str, Any]]) -> None:
+    def __init__(self, url: str | None, rerankers: list[RerankerConfig]) -> None:
         by_namespace: dict[str, ScoreCache] = {}
         self.of = [by_namespace.setdefault(namespace(r), ScoreCache(url, r)) for r in rerankers] if url else []
         self.unique = list(by_namespace.values())

@@ -34,7 +34,12 @@ from jobs.schema import BATCH_END, BATCH_START, QUERY_ID, RANK, SKIP_REASON
 from reranker_actors.actor import ScoreActor
 from reranker_actors.base import RerankerConfig
 
-ROWS_PER_RANK_PARTITION = 1_000_000
+ROWS_PER_RANK_PARTITION = 1_000_000  # pairs per partition of a groupby(query_id) shuffle
+
+
+def rank_partitions(pairs: int) -> int:
+    """Partitions of a groupby(query_id) over `pairs` rows."""
+    return max(1, math.ceil(pairs / ROWS_PER_RANK_PARTITION))
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ class Scorer:
     def constructor_kwargs(self, on_invalid: str, keep_texts: bool) -> dict[str, Any]:
         return {"reranker": self.reranker.model_dump(), "expect_gpu": self.actor.num_gpus > 0,
                 "threads": self.actor.threads or max(1, round(self.actor.num_cpus)), "on_invalid": on_invalid,
-                "score_column": self.column, "keep_texts": keep_texts, "cache": self.cache}
+                "score_column": self.column, "keep_texts": keep_texts, "cache": self.cache,
+                "max_restarts": self.actor.max_restarts}
 
 
 def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], checkpoints: Checkpoints,
@@ -162,7 +168,7 @@ def rank_pairs(cfg: JobConfig, scored: list[str], dest: str, fs: fsspec.Abstract
         model=cfg.reranker.model, top_k=cfg.rank.top_k, on_duplicate=cfg.input.on_duplicate,
         extra_columns=tuple(cfg.input.extra_columns),
     )
-    partitions = max(1, math.ceil(num_pairs / ROWS_PER_RANK_PARTITION))
+    partitions = rank_partitions(num_pairs)
     ds = ray.data.read_parquet(scored, filesystem=ray_filesystem(fs))
     ds = ds.map_batches(_drop_skipped, batch_format="pyarrow")
     ds = ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,9 @@ import pyarrow.compute as pc
 import ray
 import torch
 
-from jobs.errors import InputError, ModelError, UserError
-from jobs.schema import (
+from reranker_actors.base import Scores
+from reranker_actors.cache_keys import CacheIndex, pair_keys
+from reranker_actors.columns import (
     BATCH_END,
     BATCH_START,
     DOC,
@@ -24,38 +26,48 @@ from jobs.schema import (
     QUERY_ID,
     SCORE,
     SKIP_REASON,
+    TEXTS,
     TRUNCATED,
     cache_hit_column,
     cache_key_column,
 )
-from jobs.score_cache import pair_keys
 from reranker_actors.device import pick_device
+from reranker_actors.errors import InputError, ModelError, UserError
 from reranker_actors.faults import Faults
+from reranker_actors.redact import without_texts
 from reranker_actors.registry import build_reranker
+from reranker_actors.restarts import check_restarts
 
 MAX_LISTED = 5
 # A batch where more than this share of rows fail alone is a broken model or device,
 # not bad rows: the job stops instead of quarantining everything.
 MAX_FAILING_SHARE = 0.5
-
-
 MAX_REASON_CHARS = 300
 
 
+@dataclass
+class _Rows:
+    """Per-row state of one batch while the actor works on it."""
+
+    valid: np.ndarray  # bool: to be scored (no skip reason)
+    reasons: list[str | None]  # skip reasons
+    scores: np.ndarray  # float32
+    hit: np.ndarray  # bool: the score came from the cache
+    truncated: np.ndarray  # bool: the model saw the pair cut to max_length
+
+    @classmethod
+    def of(cls, batch: pa.Table) -> _Rows:
+        n = len(batch)
+        return cls(pc.is_null(batch[SKIP_REASON]).to_numpy(zero_copy_only=False).copy(),
+                   batch[SKIP_REASON].to_pylist(), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=bool),
+                   np.zeros(n, dtype=bool))
+
+
 def _merge(table: pa.Table, name: str, new: pa.Array, combine: Callable[[Any, Any], Any]) -> pa.Table:
+    """Add column `name`, or combine it with the one an earlier scorer in the chain added."""
     if name not in table.column_names:
         return table.append_column(name, new)
     return table.set_column(table.column_names.index(name), name, combine(table[name], new))
-
-
-def _without_texts(e: Exception, batch: pa.Table, row: int) -> str:
-    """The error message with the row's texts masked: reasons end up in logs and the
-    quarantine, which must carry ids, never query or document texts."""
-    message = str(e)
-    for column in (QUERY, DOC, INSTRUCTION):
-        if column in batch.column_names and (text := batch[column][row].as_py()):
-            message = message.replace(text, f"<{column.strip('_')}>")
-    return message[:MAX_REASON_CHARS]
 
 
 class ScoreActor:
@@ -63,26 +75,29 @@ class ScoreActor:
     or a teacher's / stage's own), `_dtype`, `_truncated` and the batch's start and end
     times; drops the texts unless `keep_texts` (a later stage needs them).
 
-    With a score cache, pairs whose key is in it take the cached score and are not
-    scored; `_key_<score column>` and `_hit_<score column>` record key and hit.
-
-    Rows with a skip reason are not scored (their score is null). A row that makes
-    scoring raise is found by bisection and, under on_invalid: skip, gets the error as
-    its skip reason; under on_invalid: error the job stops naming it.
+    A call looks pairs up in the score cache (when given; `_key_<score column>` and
+    `_hit_<score column>` record key and hit), scores the rest, isolates the rows that
+    make scoring raise (by bisection: quarantined under on_invalid: skip, else the job
+    stops naming them), and assembles the output batch. Rows with a skip reason are not
+    scored (their score is null).
     """
 
     def __init__(self, reranker: dict[str, Any], expect_gpu: bool, threads: int, on_invalid: str,
-                 score_column: str = SCORE, keep_texts: bool = False, cache: Any = None) -> None:
-        """`cache`: an ObjectRef of a jobs.score_cache.CacheIndex (or the index), or None."""
+                 score_column: str = SCORE, keep_texts: bool = False, cache: Any = None,
+                 max_restarts: int = 3) -> None:
+        """`cache`: a CacheIndex, or an ObjectRef of one, or None. `max_restarts`: how often
+        Ray may restart this actor after it died before it refuses to work."""
         torch.set_num_threads(threads)
         self.on_invalid = on_invalid
         self.score_column, self.keep_texts = score_column, keep_texts
         self.faults = Faults.from_env()
         self.failed: UserError | None = None
-        self.cache = ray.get(cache) if isinstance(cache, ray.ObjectRef) else cache
+        self.cache: CacheIndex | None = ray.get(cache) if isinstance(cache, ray.ObjectRef) else cache
         try:
+            check_restarts(reranker.get("model", ""), max_restarts)
             self.device = pick_device(expect_gpu)
             self.reranker = build_reranker(reranker, self.device)
+            self.dtype = str(self.reranker.dtype).removeprefix("torch.")
         except UserError as e:
             # Raised from __init__, Ray reports only "actor died" (and retries the load);
             # raised from the first call, the job shows this message and stops.
@@ -96,94 +111,87 @@ class ScoreActor:
         started = time.time()
         if self.faults:
             self.faults.before_batch()
-        valid = pc.is_null(batch[SKIP_REASON]).to_numpy(zero_copy_only=False)
-        reasons = batch[SKIP_REASON].to_pylist()
-        scores = np.zeros(len(batch), dtype=np.float32)
-        hit = np.zeros(len(batch), dtype=bool)
-        dtype = str(self.reranker.dtype).removeprefix("torch.")
-        keys = self._keys(batch, valid, dtype) if self.cache is not None else None
-        if keys is not None:
-            hit, cached = self.cache.lookup(keys)
-            hit &= valid
-            scores[hit] = cached[hit]
-        truncated_before = self.reranker.truncated
-        if (valid & ~hit).any():
-            rows = np.flatnonzero(valid & ~hit)
-            errors: dict[int, str] = {}
-            scores[rows] = self._isolating(batch, rows, errors)
-            if self.faults:
-                self.faults.scored(len(rows))
-            if errors:
-                self._quarantine_or_raise(batch, errors, len(rows))
-                for i, why in errors.items():
-                    valid[i], reasons[i] = False, why
-            nan = np.isnan(scores) & valid
-            if nan.any():
-                raise ModelError(self._nan_message(batch, nan))
-        truncated = np.zeros(len(batch), dtype=np.int32)
-        truncated[:1] = self.reranker.truncated - truncated_before
-        first_row = np.arange(len(batch)) > 0  # (mask: the times go on the first row only)
-        texts = [c for c in (QUERY, DOC, INSTRUCTION) if c in batch.column_names and not self.keep_texts]
-        out = (batch.drop_columns([*texts, SKIP_REASON])
-               .append_column(SKIP_REASON, pa.array(reasons, pa.string()))
-               .append_column(self.score_column, pa.array(scores, mask=~valid)))
-        if keys is not None:
-            keys = pc.if_else(pa.array(valid), keys, pa.scalar(None, keys.type))  # (the next run's cache)
-            out = (out.append_column(cache_key_column(self.score_column), keys)
-                   .append_column(cache_hit_column(self.score_column), pa.array(hit)))
-        # Chained scorers (distillation teachers) each add to these instead of replacing them.
-        out = _merge(out, DTYPE, pa.array([dtype] * len(batch), pa.string()),
-                     lambda old, new: pc.if_else(pc.equal(old, new), old, pc.binary_join_element_wise(old, new, ",")))
-        out = _merge(out, TRUNCATED, pa.array(truncated), pc.add)
-        out = _merge(out, BATCH_START, pa.array(np.full(len(batch), started), mask=first_row),
-                     lambda old, new: pc.min_element_wise(old, new, skip_nulls=True))
-        return _merge(out, BATCH_END, pa.array(np.full(len(batch), time.time()), mask=first_row),
-                      lambda old, new: pc.max_element_wise(old, new, skip_nulls=True))
+        rows = _Rows.of(batch)
+        keys = self._look_up(batch, rows) if self.cache is not None else None
+        failed = self._score(batch, rows)
+        self._settle_failures(batch, rows, failed)
+        return self._assemble(batch, rows, keys, started)
 
-    def _keys(self, batch: pa.Table, valid: np.ndarray, dtype: str) -> pa.FixedSizeBinaryArray:
-        """Cache keys of every row (invalid rows get a key too; it is never looked at)."""
+    def _look_up(self, batch: pa.Table, rows: _Rows) -> pa.FixedSizeBinaryArray:
+        """Take cached scores; return every row's key (an invalid row's is never looked at)."""
         def texts(column: str) -> list[str]:
-            return [t if ok else "" for t, ok in zip(batch[column].to_pylist(), valid)]
+            return [t if ok else "" for t, ok in zip(batch[column].to_pylist(), rows.valid)]
         instructions = texts(INSTRUCTION) if INSTRUCTION in batch.column_names else None
-        return pair_keys(dtype, texts(QUERY), texts(DOC), instructions)
+        keys = pair_keys(self.dtype, texts(QUERY), texts(DOC), instructions)
+        assert self.cache is not None
+        hit, cached = self.cache.lookup(keys)
+        rows.hit = hit & rows.valid
+        rows.scores[rows.hit] = cached[rows.hit]
+        return keys
 
-    def _score(self, batch: pa.Table, rows: np.ndarray) -> np.ndarray:
+    def _score(self, batch: pa.Table, rows: _Rows) -> dict[int, str]:
+        """Score the valid rows the cache did not have; return the rows that failed alone,
+        with their reasons."""
+        todo = np.flatnonzero(rows.valid & ~rows.hit)
+        failed: dict[int, str] = {}
+        if len(todo):
+            scores = self._isolating(batch, todo, failed)
+            rows.scores[todo], rows.truncated[todo] = scores.values, scores.truncated
+            if self.faults:
+                self.faults.scored(len(todo))
+        return failed
+
+    def _scores_of(self, batch: pa.Table, rows: np.ndarray) -> Scores:
         part = batch.take(pa.array(rows))
         if self.faults:
             self.faults.check_rows(part[DOC_ID].to_pylist())
         instructions = part[INSTRUCTION].to_pylist() if INSTRUCTION in part.column_names else None
         return self.reranker.score(part[QUERY].to_pylist(), part[DOC].to_pylist(), instructions)
 
-    def _isolating(self, batch: pa.Table, rows: np.ndarray, errors: dict[int, str]) -> np.ndarray:
+    def _isolating(self, batch: pa.Table, rows: np.ndarray, errors: dict[int, str]) -> Scores:
         """Scores of `rows`; rows that fail alone go into `errors` (score NaN), by bisection."""
         try:
-            return self._score(batch, rows)
+            return self._scores_of(batch, rows)
         except (UserError, MemoryError, torch.OutOfMemoryError):
             raise  # not a property of a row
         except Exception as e:  # noqa: BLE001 - isolated below, or re-raised if systemic
             if len(rows) == 1:
-                errors[int(rows[0])] = f"scoring failed: {type(e).__name__}: {_without_texts(e, batch, int(rows[0]))}"
-                return np.full(1, np.nan, dtype=np.float32)
+                errors[int(rows[0])] = self._reason(e, batch, int(rows[0]))
+                return Scores(np.full(1, np.nan, dtype=np.float32), np.zeros(1, dtype=bool))
             half = len(rows) // 2
-            return np.concatenate([self._isolating(batch, rows[:half], errors),
-                                   self._isolating(batch, rows[half:], errors)])
+            first, second = self._isolating(batch, rows[:half], errors), self._isolating(batch, rows[half:], errors)
+            return Scores(np.concatenate([first.values, second.values]),
+                          np.concatenate([first.truncated, second.truncated]))
 
-    def _quarantine_or_raise(self, batch: pa.Table, errors: dict[int, str], scored: int) -> None:
+    @staticmethod
+    def _reason(e: Exception, batch: pa.Table, row: int) -> str:
+        """Why a row failed, with its texts masked: reasons go to logs and the quarantine."""
+        texts = {c.strip("_"): t for c in TEXTS if c in batch.column_names and (t := batch[c][row].as_py())}
+        return f"scoring failed: {type(e).__name__}: {without_texts(str(e), texts)}"[:MAX_REASON_CHARS]
+
+    def _settle_failures(self, batch: pa.Table, rows: _Rows, failed: dict[int, str]) -> None:
+        """Quarantine the rows that failed alone (on_invalid: skip), or stop naming them; stop
+        on a broken model (most rows fail, or a score is NaN)."""
+        scored = int((rows.valid & ~rows.hit).sum())
         listed = [f"(query_id={batch[QUERY_ID][i].as_py()!r}, doc_id={batch[DOC_ID][i].as_py()!r}): {why}"
-                  for i, why in list(errors.items())[:MAX_LISTED]]
-        if len(errors) > max(1, MAX_FAILING_SHARE * scored):
+                  for i, why in list(failed.items())[:MAX_LISTED]]
+        if len(failed) > max(1, MAX_FAILING_SHARE * scored):
             raise ModelError(
-                f"model {self.reranker.config.model!r} failed on {len(errors)} of {scored} pairs of a "
+                f"model {self.reranker.config.model!r} failed on {len(failed)} of {scored} pairs of a "
                 "batch, each alone; that is a broken model or device, not bad rows:\n  - "
                 + "\n  - ".join(listed)
             )
-        if self.on_invalid == "skip":
-            return
-        raise InputError(
-            f"{len(errors)} pair(s) make the model raise (showing up to {MAX_LISTED}):\n  - "
-            + "\n  - ".join(listed)
-            + "\nFix these rows, or set input.on_invalid: skip to quarantine them and finish the run."
-        )
+        if failed and self.on_invalid != "skip":
+            raise InputError(
+                f"{len(failed)} pair(s) make the model raise (showing up to {MAX_LISTED}):\n  - "
+                + "\n  - ".join(listed)
+                + "\nFix these rows, or set input.on_invalid: skip to quarantine them and finish the run."
+            )
+        for i, why in failed.items():
+            rows.valid[i], rows.reasons[i] = False, why
+        nan = np.isnan(rows.scores) & rows.valid
+        if nan.any():
+            raise ModelError(self._nan_message(batch, nan))
 
     def _nan_message(self, batch: pa.Table, nan: np.ndarray) -> str:
         rows = batch.filter(pa.array(nan)).select([QUERY_ID, DOC_ID]).slice(0, 5).to_pylist()
@@ -192,3 +200,24 @@ class ScoreActor:
             f"model {cfg.model!r} returned NaN scores for {int(nan.sum())} pair(s), e.g. {rows}; "
             f"dtype {cfg.dtype} may overflow for this model; try reranker.dtype=float32 or bfloat16"
         )
+
+    def _assemble(self, batch: pa.Table, rows: _Rows, keys: pa.FixedSizeBinaryArray | None,
+                  started: float) -> pa.Table:
+        n = len(batch)
+        texts = [c for c in TEXTS if c in batch.column_names and not self.keep_texts]
+        out = (batch.drop_columns([*texts, SKIP_REASON])
+               .append_column(SKIP_REASON, pa.array(rows.reasons, pa.string()))
+               .append_column(self.score_column, pa.array(rows.scores, mask=~rows.valid)))
+        if keys is not None:
+            keys = pc.if_else(pa.array(rows.valid), keys, pa.scalar(None, keys.type))  # (the next run's cache)
+            out = (out.append_column(cache_key_column(self.score_column), keys)
+                   .append_column(cache_hit_column(self.score_column), pa.array(rows.hit)))
+        # Chained scorers (distillation teachers) each add to these instead of replacing them.
+        out = _merge(out, DTYPE, pa.array([self.dtype] * n, pa.string()),
+                     lambda old, new: pc.if_else(pc.equal(old, new), old, pc.binary_join_element_wise(old, new, ",")))
+        out = _merge(out, TRUNCATED, pa.array(rows.truncated), pc.or_)
+        not_first = np.arange(n) > 0  # (the batch's times go on its first row only)
+        out = _merge(out, BATCH_START, pa.array(np.full(n, started), mask=not_first),
+                     lambda old, new: pc.min_element_wise(old, new, skip_nulls=True))
+        return _merge(out, BATCH_END, pa.array(np.full(n, time.time()), mask=not_first),
+                      lambda old, new: pc.max_element_wise(old, new, skip_nulls=True))

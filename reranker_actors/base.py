@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -12,10 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# Default token budgets per forward pass. CPU: MiniLM-L6 bf16 on 2 cores, 500 SciFact
-# pairs: 4096 tokens ran 1.3-1.45x faster than 16384 (benchmarks/throughput.py --max-tokens).
+# Default token budgets per forward pass: on a CPU a small budget keeps the working set in
+# cache; a GPU needs large batches to fill its SMs (docs/performance.md has the measurements).
 CPU_TOKEN_BUDGET = 4096
 CUDA_TOKEN_BUDGET = 65536
+# Config fields that change how fast a score is computed, never its value.
+SPEED_ONLY = frozenset({"max_tokens_per_batch", "compile"})
+
+ScoreKind = Literal["logit", "cosine", "probability"]
 
 
 class RerankerConfig(BaseModel):
@@ -40,11 +44,11 @@ class RerankerConfig(BaseModel):
     activation: Literal["raw", "sigmoid"] = "raw"
     max_tokens_per_batch: int | None = Field(
         None, ge=64, description="Token budget of one forward pass (rows x padded length); default "
-        "4096 on CPU (fastest measured: the working set stays in cache), 65536 on CUDA, at least max_length."
+        "4096 on CPU (the working set stays in cache), 65536 on CUDA, at least max_length."
     )
     compile: bool = Field(
         False, description="torch.compile the model (dynamic shapes): faster steady state, a slower "
-        "start (about 30 s per actor on 2 CPU cores); needs a C++ compiler on CPU, Triton on CUDA."
+        "start per actor; needs a C++ compiler on CPU, Triton on CUDA."
     )
 
     @field_validator("dtype", mode="before")
@@ -76,26 +80,51 @@ class RerankerConfig(BaseModel):
         return max(self.max_length, CUDA_TOKEN_BUDGET if device.type == "cuda" else CPU_TOKEN_BUDGET)
 
 
+class Scores(NamedTuple):
+    """What a reranker returns for a list of pairs, in input order."""
+
+    values: np.ndarray  # float32 scores
+    truncated: np.ndarray  # bool: the pair's query or doc was cut to fit max_length
+
+
 class Reranker(ABC):
-    """Scores (query, doc) pairs. Loaded once per actor; called once per batch."""
+    """Scores (query, doc) pairs. Loaded once per actor; called once per batch.
+
+    A family declares what it can do as class attributes, which the job reads (config
+    checks, distillation, the score cache, checkpoints, the planner) instead of testing
+    backend names.
+    """
 
     config_class: ClassVar[type[RerankerConfig]]
+    raw_score: ClassVar[ScoreKind]  # what a score is with activation raw
+    takes_instruction: ClassVar[bool] = False  # per-pair task instructions change its scores
+    supports_compile: ClassVar[bool] = True  # reranker.compile applies
+    speed_only: ClassVar[frozenset[str]] = SPEED_ONLY  # config fields that never change a score
+    # Hub ids this family is the documented backend for, with their architecture shape
+    # (layers, hidden, intermediate, heads; kv_heads, head_dim and gated where they differ;
+    # params), for the capacity planner.
+    known_models: ClassVar[dict[str, dict[str, Any]]] = {}
+
     config: RerankerConfig
     dtype: Any  # the resolved torch.dtype
 
+    @classmethod
+    def score_kind(cls, activation: str) -> ScoreKind:
+        return "probability" if activation == "sigmoid" else cls.raw_score
+
+    @classmethod
+    def score_settings(cls, config: RerankerConfig) -> dict[str, Any]:
+        """Every config value a score depends on (what checkpoints and caches are keyed by)."""
+        return config.model_dump(exclude=set(cls.speed_only))
+
     @abstractmethod
     def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> np.ndarray:
-        """Return float32 scores, one per pair, in input order.
+              instructions: Sequence[str | None] | None = None) -> Scores:
+        """Scores of the pairs, in input order, and which pairs were truncated.
 
         `instructions` (per pair, None/empty = the configured default) is used by the
-        families that take a task instruction (llm_yes_no); the others ignore it.
+        families that take a task instruction; the others ignore it.
         """
-
-    @property
-    def truncated(self) -> int:
-        """Pairs truncated so far (query or doc cut to fit max_length)."""
-        return 0
 
 
 def activate(logits: np.ndarray, activation: str) -> np.ndarray:

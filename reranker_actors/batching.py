@@ -27,9 +27,8 @@ def host_slices(n: int, device: torch.device, parts: int = 8, min_rows: int = 25
 
     CUDA kernels run asynchronously, so on CUDA the rows go in up to `parts` slices of at
     least `min_rows` (each slice is length-bucketed on its own): while the GPU works through
-    one slice's forward passes the CPU tokenizes the next. Measured on an H100, fp16, 10k
-    SciFact pairs: a 6-layer model 1,407 -> 2,357 pairs/s, a 24-layer one 907 -> 965.
-    On the CPU there is nothing to overlap, and one slice buckets best.
+    one slice's forward passes the CPU tokenizes the next (docs/performance.md has the
+    gain). On the CPU there is nothing to overlap, and one slice buckets best.
     """
     count = min(parts, n // min_rows) if device.type == "cuda" else 1
     if count <= 1:

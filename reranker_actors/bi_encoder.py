@@ -7,15 +7,16 @@ Each distinct query text in a batch is embedded once, not once per pair.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from reranker_actors.base import RerankerConfig, activate
+from reranker_actors.base import RerankerConfig, Scores, activate
 from reranker_actors.batching import token_budget_batches
+from reranker_actors.cross_encoder import MINILM_L6
 from reranker_actors.hf import HFReranker
 from reranker_actors.tokenization import Encoded
 
@@ -28,6 +29,10 @@ class BiEncoderConfig(RerankerConfig):
 class BiEncoderReranker(HFReranker):
     config_class = BiEncoderConfig
     auto_class = AutoModel
+    raw_score = "cosine"
+    # all-MiniLM-L6-v2's config.json on the Hugging Face hub.
+    known_models: ClassVar[dict[str, dict[str, Any]]] = {
+        "sentence-transformers/all-MiniLM-L6-v2": MINILM_L6, "all-MiniLM-L6-v2": MINILM_L6}
     config: BiEncoderConfig
 
     def _embed(self, enc: Encoded) -> torch.Tensor:
@@ -46,12 +51,12 @@ class BiEncoderReranker(HFReranker):
 
     @torch.inference_mode()
     def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> np.ndarray:
+              instructions: Sequence[str | None] | None = None) -> Scores:
         unique = list(dict.fromkeys(queries))
         position = {q: i for i, q in enumerate(unique)}
         q_enc = self.encoder.encode_queries(unique)
         d_enc = self.encoder.encode_texts(docs, self.config.max_length)
         which = torch.tensor([position[q] for q in queries], dtype=torch.long)
-        self._truncated += sum(q_enc.cut[w] or d_cut for w, d_cut in zip(which.tolist(), d_enc.cut))
+        truncated = np.array(q_enc.cut, dtype=bool)[which.numpy()] | np.array(d_enc.cut, dtype=bool)
         scores = (self._embed(q_enc)[which] * self._embed(d_enc)).sum(-1)
-        return activate(scores.numpy(), self.config.activation)
+        return Scores(activate(scores.numpy(), self.config.activation), truncated)

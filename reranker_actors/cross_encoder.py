@@ -7,15 +7,15 @@ Covers AutoModelForSequenceClassification with a single label: the BERT family
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from jobs.errors import ModelError
-from reranker_actors.base import RerankerConfig, activate
+from reranker_actors.base import RerankerConfig, Scores, activate
 from reranker_actors.batching import host_slices, token_budget_batches
+from reranker_actors.errors import ModelError
 from reranker_actors.hf import HFReranker
 
 
@@ -23,9 +23,17 @@ class CrossEncoderConfig(RerankerConfig):
     backend: Literal["cross_encoder"] = "cross_encoder"
 
 
+# Architecture shapes, from each model's config.json on the Hugging Face hub.
+XLMR_LARGE = dict(layers=24, hidden=1024, intermediate=4096, heads=16, params=568e6)
+MINILM_L6 = dict(layers=6, hidden=384, intermediate=1536, heads=12, params=22.7e6)
+
+
 class CrossEncoderReranker(HFReranker):
     config_class = CrossEncoderConfig
     auto_class = AutoModelForSequenceClassification
+    raw_score = "logit"
+    known_models: ClassVar[dict[str, dict[str, Any]]] = {
+        "BAAI/bge-reranker-v2-m3": XLMR_LARGE, "cross-encoder/ms-marco-MiniLM-L-6-v2": MINILM_L6}
 
     def __init__(self, config: CrossEncoderConfig, device: torch.device) -> None:
         super().__init__(config, device)
@@ -37,15 +45,16 @@ class CrossEncoderReranker(HFReranker):
 
     @torch.inference_mode()
     def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> np.ndarray:
+              instructions: Sequence[str | None] | None = None) -> Scores:
         rows, logits = [], []  # logits stay on the device: the host never waits mid-call
+        truncated = np.zeros(len(queries), dtype=bool)
         for part in host_slices(len(queries), self.device):
             enc = self.encoder.encode_pairs(queries[part], docs[part])
-            self._truncated += sum(enc.cut)
+            truncated[part] = enc.cut
             for idx in token_budget_batches(enc.lengths, self.max_tokens):
                 logits.append(self.model(**self.inputs(enc, idx)).logits[:, 0])
                 rows.append(idx + part.start)
         out = np.empty(len(queries), dtype=np.float32)
         if rows:
             out[np.concatenate(rows)] = torch.cat(logits).float().cpu().numpy()
-        return activate(out, self.config.activation)
+        return Scores(activate(out, self.config.activation), truncated)

@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from jobs.errors import ModelError
+from reranker_actors.errors import ModelError
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -22,20 +22,24 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def bf16_in_flags(flags: set[str], machine: str) -> bool:
+    """Whether CPU feature flags (as /proc/cpuinfo lists them) include native bf16 matmul."""
+    if machine in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matmul (x86 AVX512-BF16/AMX, or Arm BF16).
 
-    Without it torch emulates bf16 and a matmul runs about 100x slower than fp32
-    (measured on an AVX2-only EPYC: 0.9 vs 157 GFLOP/s).
+    Without it torch emulates bf16 and a matmul runs two orders of magnitude slower than
+    fp32 (docs/performance.md).
     """
     checks = [getattr(torch.cpu, "_is_avx512_bf16_supported", None),
               getattr(torch.cpu, "_is_amx_tile_supported", None)]
     if any(check is not None and check() for check in checks):
         return True
-    flags = _cpu_flags()
-    if platform.machine() in ("aarch64", "arm64"):
-        return "bf16" in flags
-    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    return bf16_in_flags(_cpu_flags(), platform.machine())
 
 
 def pick_device(expect_gpu: bool) -> torch.device:

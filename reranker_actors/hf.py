@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from jobs.errors import ModelError
 from reranker_actors.base import Reranker, RerankerConfig
 from reranker_actors.batching import model_inputs
 from reranker_actors.device import resolve_dtype
+from reranker_actors.errors import ModelError
 from reranker_actors.model_cache import is_remote, local_copy
 from reranker_actors.tokenization import Encoded, TextEncoder
 
@@ -119,7 +119,6 @@ class HFReranker(Reranker):
         self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
         self.encoder = self.make_encoder(tokenizer)
         self.max_tokens = config.token_budget(device)
-        self._truncated = 0
         if config.compile:
             self.model = torch.compile(self.model, dynamic=True)
         limit = position_limit(self.model)
@@ -132,10 +131,6 @@ class HFReranker(Reranker):
     def make_encoder(self, tokenizer: Any) -> Any:
         """Text -> token ids for this family; pair encoders by default."""
         return TextEncoder(tokenizer, self.config.max_length, self.config.query_cap)
-
-    @property
-    def truncated(self) -> int:
-        return self._truncated
 
     def inputs(self, enc: Encoded, idx: np.ndarray) -> dict[str, torch.Tensor]:
         """Model inputs for rows `idx` of `enc`, padded and on the device."""

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from jobs.errors import ModelError
-from reranker_actors.base import RerankerConfig, activate
+from reranker_actors.base import RerankerConfig, Scores, activate
 from reranker_actors.batching import pad, to_device, token_budget_batches
+from reranker_actors.errors import ModelError
 from reranker_actors.hf import HFReranker
 from reranker_actors.prompts import PromptBatch, PromptEncoder
 
@@ -69,9 +69,6 @@ class LLMYesNoConfig(RerankerConfig):
         if self.query_max_length is not None:
             raise ValueError("query_max_length does not apply to llm_yes_no: as on the model card, the "
                              "prompt body is cut from the end (the document) to fit max_length")
-        if self.compile:
-            raise ValueError("compile applies to cross_encoder and bi_encoder; llm_yes_no runs uncompiled "
-                             "(its prefix-cache path calls the decoder directly)")
         return self
 
 
@@ -82,9 +79,22 @@ def _token_id(tokenizer: Any, token: str, key: str, model: str) -> int:
     return int(tid)
 
 
+# Qwen3-Reranker-{0.6B,4B,8B} fine-tune Qwen3-{0.6B,4B,8B}-Base (model cards) and keep their
+# config.json shapes (num_hidden_layers, hidden_size, intermediate_size, attention and KV heads, head_dim).
+QWEN3 = dict(kv_heads=8, head_dim=128, gated=True)
+
+
 class LLMYesNoReranker(HFReranker):
     config_class = LLMYesNoConfig
     auto_class = AutoModelForCausalLM
+    raw_score = "logit"  # logit(yes) - logit(no)
+    takes_instruction = True
+    supports_compile = False  # (its prefix-cache path calls the decoder directly)
+    known_models: ClassVar[dict[str, dict[str, Any]]] = {
+        "Qwen/Qwen3-Reranker-0.6B": QWEN3 | dict(layers=28, hidden=1024, intermediate=3072, heads=16, params=0.6e9),
+        "Qwen/Qwen3-Reranker-4B": QWEN3 | dict(layers=36, hidden=2560, intermediate=9728, heads=32, params=4.0e9),
+        "Qwen/Qwen3-Reranker-8B": QWEN3 | dict(layers=36, hidden=4096, intermediate=12288, heads=32, params=8.2e9),
+    }
     config: LLMYesNoConfig
     encoder: PromptEncoder
 
@@ -143,10 +153,11 @@ class LLMYesNoReranker(HFReranker):
 
     @torch.inference_mode()
     def logits(self, queries: Sequence[str], docs: Sequence[str],
-               instructions: Sequence[str | None] | None = None, share_prefix: bool = True) -> np.ndarray:
-        """(n, 2) logits of [yes, no] (or (n, 1) of yes) at each prompt's last position."""
+               instructions: Sequence[str | None] | None = None, share_prefix: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 2) logits of [yes, no] (or (n, 1) of yes) at each prompt's last position, and
+        whether each prompt's body was cut to fit max_length."""
         batch = self.encoder.encode(queries, docs, instructions)
-        self._truncated += sum(batch.cut)
         out = np.empty((len(batch.ids), self.head.shape[1]), dtype=np.float32)
         alone = []
         for group in batch.groups:
@@ -157,10 +168,10 @@ class LLMYesNoReranker(HFReranker):
         alone_rows = np.array(alone, dtype=np.int64)
         for idx in token_budget_batches(batch.lengths[alone_rows], self.max_tokens):
             out[alone_rows[idx]] = self._run([batch.ids[k] for k in alone_rows[idx]]).cpu().numpy()
-        return out
+        return out, np.array(batch.cut, dtype=bool)
 
     def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> np.ndarray:
-        logits = self.logits(queries, docs, instructions)
+              instructions: Sequence[str | None] | None = None) -> Scores:
+        logits, truncated = self.logits(queries, docs, instructions)
         margin = logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
-        return activate(margin, self.config.activation)
+        return Scores(activate(margin, self.config.activation), truncated)

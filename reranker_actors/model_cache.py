@@ -21,7 +21,7 @@ from pathlib import Path
 
 import fsspec
 
-from jobs.errors import ModelError
+from reranker_actors.errors import ModelError
 
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "az://")
 CACHE_ENV = "BATCH_RERANK_CACHE"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from jobs.errors import ModelError
+from reranker_actors.errors import ModelError
 
 # A token rarely spans more than a dozen characters; longer texts are cut to this many
 # characters per allowed token before tokenizing, so a 1 MB document costs no more than

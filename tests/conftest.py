@@ -1,4 +1,11 @@
-"""Shared fixtures: real tokenizers, tiny random-weight models, a local Ray, sample data."""
+"""Shared fixtures: real tokenizers, tiny random-weight models, a local Ray, sample data.
+
+Every test belongs to one tier, given by the fixtures it uses:
+    e2e          a real cluster (`ray_head`: `ray start --head`) or moto_server (`moto`)
+    integration  a local Ray in the test process (`ray_local`)
+    unit         neither: no Ray at all (starting one fails the test)
+`make test` runs every tier; `make test-unit` (`pytest -m unit`) only the first.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +25,29 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
+TIERS = {"e2e": {"ray_head", "moto"}, "integration": {"ray_local"}}
 SAMPLE = REPO / "samples" / "cranfield"
 FAKE_GPU = "fake_gpu"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier (see the module docstring)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        tier = next((name for name, uses in TIERS.items() if uses & fixtures), "unit")
+        item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import ray
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a unit test started Ray: use the ray_local fixture (integration tier)")
+
+    monkeypatch.setattr(ray, "init", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Bad input through the whole job on a local Ray: each class gets a clear error or a
 quarantine row with its reason, the run report counts it, and nothing is half-written.
 
-(The README's troubleshooting table lists every class and the test that covers it.)
+(docs/operations.md, "Troubleshooting bad input", lists every class and the test that covers it.)
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ TOP_N = 20
 def scores(model: str, rows: list[dict]) -> dict[tuple[str, str], float]:
     reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32",
                                "max_length": 512}, torch.device("cpu"))
-    out = reranker.score([r["query"] for r in rows], [r["doc"] for r in rows])
+    out = reranker.score([r["query"] for r in rows], [r["doc"] for r in rows]).values
     return {(r["query_id"], r["doc_id"]): s for r, s in zip(rows, out.tolist())}
 
 

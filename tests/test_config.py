@@ -4,10 +4,12 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from jobs.config import load_config
 from jobs.errors import ConfigError
-from tests.conftest import REPO, write_config
+from reranker_actors.registry import BACKENDS, build_reranker
+from tests.conftest import REPO, sample_pairs, write_config
 
 SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 CONTRACT_KEYS = {
@@ -116,8 +118,12 @@ def test_pool_size_fixed_or_min_max(tmp_path: Path) -> None:
 def test_family_options_belong_to_their_family(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", base())
     assert load_config(path, ["reranker.backend=bi_encoder", "reranker.pooling=cls"]).reranker.pooling == "cls"
-    with pytest.raises(ConfigError, match=r"reranker.pooling: unknown key"):
+    with pytest.raises(ConfigError) as e:
         load_config(path, ["reranker.pooling=cls"])
+    assert str(e.value) == (f"config {path}: reranker.pooling: unknown key for backend cross_encoder (only "
+                            "bi_encoder take it); drop it from the config when switching backends")
+    with pytest.raises(ConfigError, match=r"reranker.compile: backend llm_yes_no runs uncompiled; drop the key"):
+        load_config(path, ["reranker.backend=llm_yes_no", "reranker.compile=true"])
 
 
 def test_query_cap_defaults_to_three_quarters(tmp_path: Path) -> None:
@@ -136,7 +142,7 @@ def test_extra_columns_may_not_shadow_columns_the_job_uses(tmp_path: Path, name:
 
 def test_instruction_column_needs_an_llm_backend(tmp_path: Path) -> None:
     path = write_config(tmp_path / "c.yaml", base())
-    with pytest.raises(ConfigError, match="only backend llm_yes_no takes a task instruction"):
+    with pytest.raises(ConfigError, match=r"only backend\(s\) llm_yes_no take a task instruction"):
         load_config(path, ["input.columns.instruction=task"])
 
 
@@ -167,7 +173,7 @@ def test_cascade_stages_are_checked_and_overridden_by_index(tmp_path: Path) -> N
                            "cascade.1.top_n=40", "cascade.0.actor.num_gpus=0", "cascade.0.reranker.dtype=fp16"])
     msg = str(e.value)
     assert "cascade.0.bogus: unknown key; accepted here: top_n, reranker, actor" in msg
-    assert "cascade.1.reranker.pooling: unknown key; accepted here: backend, model" in msg
+    assert "cascade.1.reranker.pooling: unknown key for backend cross_encoder (only bi_encoder take it)" in msg
     assert "'cascade.2.top_n=1': cascade is a list of 2 item(s); '2' is not one of its indices" in msg
 
 
@@ -200,3 +206,63 @@ def test_distillation_teachers_record_raw_scores_under_unique_names(tmp_path: Pa
     assert "labels.negatives_rank_window" in msg and "teachers.1.weight" in msg and "formats.cross_encoder" in msg
     with pytest.raises(ConfigError, match="must be unique"):
         load_distill(write_config(tmp_path / "d.yaml", data), ["teachers.1.name=big"])
+
+
+RERANK_CONFIGS = [p for p in SHIPPED if "python -m jobs.rerank" in p.read_text()]
+# The shipped settings another backend cannot take (the rest of the 21 combinations run).
+DROPS = {("msmarco_minilm_cpu.yaml", "llm_yes_no"): "reranker.compile",
+         ("qwen3_custom_instruction.yaml", "cross_encoder"): "reranker.instruction",
+         ("qwen3_custom_instruction.yaml", "bi_encoder"): "reranker.instruction"}
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("path", RERANK_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_accepts_the_contract_overrides(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, path: Path, backend: str
+) -> None:
+    """`reranker.backend=<any> reranker.model=<dir>` on a shipped config either gives a
+    config that scores pairs, or fails with one line that names the key to drop."""
+    import numpy as np
+    import torch
+
+    model = request.getfixturevalue({"cross_encoder": "tiny_bert_dir", "bi_encoder": "minilm_dir",
+                                     "llm_yes_no": "tiny_qwen3_dir"}[backend])
+    drop = DROPS.get((path.name, backend))
+    if drop:
+        with pytest.raises(ConfigError) as e:
+            load_config(path, [f"reranker.backend={backend}", f"reranker.model={model}"])
+        assert "\n" not in str(e.value) and re.search(rf"{drop}: .*drop", str(e.value)), str(e.value)
+        return
+    cfg = load_config(path, [f"reranker.backend={backend}", f"reranker.model={model}"])
+    compiled: list[object] = []
+    monkeypatch.setattr(torch, "compile", lambda m, **_: compiled.append(m) or m)  # (compiling is tested apart)
+    reranker = build_reranker(cfg.reranker, torch.device("cpu"))
+    assert bool(compiled) == cfg.reranker.compile
+    pairs = sample_pairs().slice(0, 3)
+    scores = reranker.score(pairs["query"].to_pylist(), pairs["doc"].to_pylist()).values
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+
+
+def _keys_at_default(raw: dict, model: BaseModel, prefix: str = "") -> list[str]:
+    """Keys of a YAML section whose value is what the config would have without them."""
+    found = []
+    for key, value in raw.items():
+        current = getattr(model, key)
+        if isinstance(current, BaseModel) and isinstance(value, dict):
+            found += _keys_at_default(value, current, f"{prefix}{key}.")
+        elif isinstance(current, list) and isinstance(value, list):
+            found += [k for i, (v, c) in enumerate(zip(value, current)) if isinstance(c, BaseModel)
+                      for k in _keys_at_default(v, c, f"{prefix}{key}.{i}.")]
+        elif key != "backend" and current == type(model).model_fields[key].get_default(call_default_factory=True):
+            found.append(prefix + key)
+    return found
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_no_shipped_config_sets_a_key_to_its_default(path: Path) -> None:
+    import yaml
+
+    from jobs import distill_config
+
+    loader = distill_config.load_config if "jobs.distill_labels" in path.read_text() else load_config
+    assert _keys_at_default(yaml.safe_load(path.read_text()), loader(path)) == []

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jobs.errors import ModelError
 from reranker_actors import device
 from reranker_actors.device import pick_device, resolve_dtype
+from reranker_actors.errors import ModelError
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -40,12 +40,24 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused(monkeypatch: pytest.Monkey
     assert resolve_dtype("bfloat16", CPU) == torch.bfloat16
 
 
-def test_bf16_detection_agrees_with_the_cpu_flags() -> None:
+@pytest.mark.parametrize(("flags", "machine", "expected"), [
+    ({"avx2", "avx512f", "avx512_bf16"}, "x86_64", True),  # Zen 4, Cooper Lake
+    ({"avx2", "avx512f", "amx_bf16", "amx_tile"}, "x86_64", True),  # Sapphire Rapids
+    ({"avx2", "avx512f"}, "x86_64", False),  # Skylake-SP: AVX-512 without bf16
+    ({"avx2", "fma"}, "x86_64", False),  # Zen 2/3
+    ({"asimd", "bf16", "sve"}, "aarch64", True),  # Graviton 3
+    ({"asimd", "fp"}, "aarch64", False),  # Graviton 2
+])
+def test_bf16_is_read_from_the_cpu_flags(flags: set[str], machine: str, expected: bool) -> None:
+    assert device.bf16_in_flags(flags, machine) is expected
+
+
+def test_bf16_detection_on_this_cpu_agrees_with_its_flags() -> None:
+    import platform
+
     flags = device._cpu_flags()
-    if {"avx512_bf16", "amx_bf16"} & flags:
-        assert device.cpu_supports_bf16()
-    elif "avx2" in flags and "avx512f" not in flags:
-        assert not device.cpu_supports_bf16()
+    assert flags, "no CPU flags read from /proc/cpuinfo"
+    assert device.cpu_supports_bf16() == device.bf16_in_flags(flags, platform.machine())
 
 
 def test_a_cpu_actor_stays_on_cpu_even_on_a_gpu_node(monkeypatch: pytest.MonkeyPatch) -> None:

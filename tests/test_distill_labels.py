@@ -50,7 +50,7 @@ def test_two_teachers_label_the_sample_in_every_format(tmp_path: Path, capsys: p
                                    "max_length": 8192 if backend == "llm_yes_no" else 512, "activation": "raw"},
                                   torch.device("cpu"))
         flat = flat.append_column(f"score_{name}", pa.array(reranker.score(
-            pairs["query"].to_pylist(), pairs["doc"].to_pylist()), pa.float32()))
+            pairs["query"].to_pylist(), pairs["doc"].to_pylist()).values, pa.float32()))
     labels = LabelsConfig(negatives_rank_window=(10, 60), negatives_margin=0.5)
     from jobs.evaluate import load_qrels
 

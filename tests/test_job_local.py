@@ -50,7 +50,7 @@ def spread_input(tmp_path: Path) -> tuple[Path, pa.Table]:
 def reference_scores(model: str, table: pa.Table) -> dict[tuple[str, str], float]:
     reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32",
                                "max_length": 128}, torch.device("cpu"))
-    scores = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist())
+    scores = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist()).values
     return dict(zip(zip(table["qid"].to_pylist(), table["doc_id"].to_pylist()), scores.tolist()))
 
 
@@ -259,8 +259,8 @@ def test_per_row_instructions_reach_the_llm(tmp_path: Path, tiny_qwen3_dir: str)
     out = read_output(tmp_path / "out")
     got = dict(zip(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()), out["score"].to_pylist()))
     reranker = build_reranker(cfg["reranker"], torch.device("cpu"))
-    expected = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist(), task)
+    expected = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist(), task).values
     keys = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
     assert np.abs(np.array([got[k] for k in keys]) - expected).max() < 1e-5
-    default = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist())
+    default = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist()).values
     assert np.abs(np.array([got[k] for k in keys]) - default)[2::4].min() > 1e-6  # custom ones differ

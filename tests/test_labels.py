@@ -174,6 +174,16 @@ def test_per_query_groups_give_the_same_result_as_the_whole_table() -> None:
     assert label_queries(table.slice(0, 0), teachers, cfg).schema == whole.schema
 
 
+def test_the_labels_do_not_depend_on_the_order_of_the_rows() -> None:
+    """Bit for bit: a shuffle delivers a query's rows in any order, run after run."""
+    table = to_table(random_rows(seed=5))
+    teachers, cfg = [Teacher("cross", "ce", 2.0), Teacher("bi", "bi", 1.0, "cosine")], LabelsConfig()
+    whole = label_queries(table, teachers, cfg)
+    for seed in range(3):
+        shuffled = table.take(pa.array(np.random.default_rng(seed).permutation(len(table))))
+        assert label_queries(shuffled, teachers, cfg).equals(whole)
+
+
 @pytest.mark.parametrize(("teachers", "error", "words"), [
     ([Teacher("x", "missing_col")], InputError, ["'missing_col'", "query_id, query"]),
     ([Teacher("a", "ce", 0.0), Teacher("b", "bi", 0.0)], ConfigError, ["sum to 0"]),

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from jobs.errors import ModelError
+from reranker_actors.errors import ConfigError, ModelError
 from reranker_actors.llm_yes_no import LLMYesNoConfig
 from reranker_actors.registry import build_reranker
 from tests.conftest import sample_pairs
@@ -78,12 +78,13 @@ def test_scores_equal_the_model_card_reference(tiny_qwen3_dir: str, max_length: 
     queries, docs, instructions = cases()
     reranker = build_reranker({"backend": "llm_yes_no", "model": tiny_qwen3_dir, "dtype": "float32",
                                "max_length": max_length}, CPU)
-    ours = reranker.score(queries, docs, instructions)
+    ours, truncated = reranker.score(queries, docs, instructions)
     ref = CardReference(tiny_qwen3_dir, max_length).scores(queries, docs, instructions)
     assert ours.dtype == np.float32 and ((ours > 0) & (ours < 1)).all()
     assert np.abs(ours - ref).max() < 1e-4
     assert np.std(ref) > 1e-3  # random weights that still tell pairs apart
-    assert (reranker.truncated > 0) == (max_length == 96)
+    prompts = reranker.encoder.encode(queries, docs, instructions)
+    assert truncated.tolist() == prompts.cut and truncated.any() == (max_length == 96)
 
 
 def test_shared_prefix_and_plain_paths_agree(tiny_qwen3_dir: str) -> None:
@@ -92,17 +93,17 @@ def test_shared_prefix_and_plain_paths_agree(tiny_qwen3_dir: str) -> None:
                                "max_length": 256, "max_tokens_per_batch": 1024}, CPU)
     batch = reranker.encoder.encode(queries, docs, instructions)
     assert max(g.shared for g in batch.groups) > len(reranker.encoder.prefix)  # the query is in the shared part
-    shared = reranker.logits(queries, docs, instructions, share_prefix=True)
-    plain = reranker.logits(queries, docs, instructions, share_prefix=False)
+    shared, _ = reranker.logits(queries, docs, instructions, share_prefix=True)
+    plain, _ = reranker.logits(queries, docs, instructions, share_prefix=False)
     assert np.abs(shared - plain).max() < 1e-4
 
 
 def test_empty_instruction_means_the_default(tiny_qwen3_dir: str) -> None:
     reranker = build_reranker({"backend": "llm_yes_no", "model": tiny_qwen3_dir, "dtype": "float32"}, CPU)
     q, d = ["what is lift?"] * 4, ["Lift is the force on a wing."] * 4
-    scores = reranker.score(q, d, [None, "", "  ", CARD_INSTRUCTION])
+    scores = reranker.score(q, d, [None, "", "  ", CARD_INSTRUCTION]).values
     assert np.abs(scores - scores[3]).max() < 1e-6  # equal up to BLAS rounding across rows
-    custom = reranker.score(q[:1], d[:1], ["Judge by legal compliance"])[0]
+    custom = reranker.score(q[:1], d[:1], ["Judge by legal compliance"]).values[0]
     assert abs(custom - scores[0]) > 1e-4
 
 
@@ -125,7 +126,7 @@ def test_qwen3_tokens_and_yes_logit_mode(tiny_qwen3_dir: str) -> None:
     ref = CardReference(tiny_qwen3_dir, 8192)
     texts = [ref.format_instruction(i, q, d) for i, q, d in zip(instructions, queries, docs)]
     expected = ref.last_logits(texts)[:, 9693].numpy()
-    assert np.abs(reranker.score(queries, docs, instructions) - expected).max() < 1e-4
+    assert np.abs(reranker.score(queries, docs, instructions).values - expected).max() < 1e-4
 
 
 def test_template_and_token_errors(tiny_qwen3_dir: str) -> None:
@@ -133,8 +134,8 @@ def test_template_and_token_errors(tiny_qwen3_dir: str) -> None:
         LLMYesNoConfig(model="m", body="<Query>: {query}")
     with pytest.raises(ValueError, match="query_max_length does not apply"):
         LLMYesNoConfig(model="m", query_max_length=10)
-    with pytest.raises(ValueError, match="compile applies to cross_encoder and bi_encoder"):
-        LLMYesNoConfig(model="m", compile=True)
+    with pytest.raises(ConfigError, match=r"reranker\.compile: backend llm_yes_no runs uncompiled; drop the key"):
+        build_reranker({"backend": "llm_yes_no", "model": tiny_qwen3_dir, "compile": True}, CPU)
     with pytest.raises(ModelError, match="positive_token 'definitely' is not a token"):
         build_reranker({"backend": "llm_yes_no", "model": tiny_qwen3_dir, "positive_token": "definitely"}, CPU)
     with pytest.raises(ModelError, match="leaves no room for the prompt body"):

@@ -46,10 +46,11 @@ def test_cross_encoder_equals_sentence_transformers(request: pytest.FixtureReque
     queries, docs = pairs
     reranker = build_reranker({"backend": "cross_encoder", "model": model_dir, "dtype": "float32",
                                "max_length": 128, "max_tokens_per_batch": 1024}, CPU)
-    ours = reranker.score(queries, docs)
+    ours, truncated = reranker.score(queries, docs)
     ref = st_cross_scores(model_dir, queries, docs, max_length=128)
     assert ours.dtype == np.float32 and ours.shape == (48,)
-    assert reranker.truncated > 0  # the long-document path is exercised
+    untruncated = AutoTokenizer.from_pretrained(model_dir)(queries, docs)["input_ids"]
+    assert truncated.tolist() == [len(ids) > 128 for ids in untruncated] and truncated.any()
     assert np.abs(ours - ref).max() < 1e-5
     assert np.std(ours) > 1e-3  # real, distinct scores
 
@@ -62,33 +63,33 @@ def test_xlm_roberta_cross_encoder_equals_sentence_transformers(tiny_xlmr_dir: s
     reranker = build_reranker({"backend": "cross_encoder", "model": tiny_xlmr_dir, "dtype": "float32",
                                "max_length": 128}, CPU)
     assert reranker.encoder.pair.middle == [2, 2] and not reranker.with_type_ids
-    ours = reranker.score(queries, docs)
+    ours, truncated = reranker.score(queries, docs)
     ref = st_cross_scores(tiny_xlmr_dir, queries, docs, max_length=128)
-    assert reranker.truncated > 0
+    assert truncated[8] and not truncated[9:].any()  # (the 440-character Chinese document; short ones)
     assert np.abs(ours - ref).max() < 1e-5 and np.std(ours) > 1e-3
 
 
 def test_sigmoid_activation_is_the_sigmoid_of_the_logit(tiny_bert_dir: str, pairs) -> None:
     queries, docs = pairs
     cfg = {"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32", "max_length": 128}
-    raw = build_reranker(cfg, CPU).score(queries, docs)
-    prob = build_reranker(cfg | {"activation": "sigmoid"}, CPU).score(queries, docs)
+    raw = build_reranker(cfg, CPU).score(queries, docs).values
+    prob = build_reranker(cfg | {"activation": "sigmoid"}, CPU).score(queries, docs).values
     assert np.allclose(prob, 1 / (1 + np.exp(-raw.astype(np.float64))), atol=1e-7)
 
 
 def test_scores_do_not_depend_on_batch_composition(tiny_bert_dir: str, pairs) -> None:
     queries, docs = pairs
     cfg = {"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32", "max_length": 128}
-    whole = build_reranker(cfg | {"max_tokens_per_batch": 4096}, CPU).score(queries, docs)
-    one_by_one = build_reranker(cfg | {"max_tokens_per_batch": 128}, CPU).score(queries, docs)
-    reversed_order = build_reranker(cfg, CPU).score(queries[::-1], docs[::-1])[::-1]
+    whole = build_reranker(cfg | {"max_tokens_per_batch": 4096}, CPU).score(queries, docs).values
+    one_by_one = build_reranker(cfg | {"max_tokens_per_batch": 128}, CPU).score(queries, docs).values
+    reversed_order = build_reranker(cfg, CPU).score(queries[::-1], docs[::-1]).values[::-1]
     assert np.abs(whole - one_by_one).max() < 1e-5 and np.abs(whole - reversed_order).max() < 1e-5
 
 
 def test_bi_encoder_equals_sentence_transformers_cosine(minilm_dir: str, pairs) -> None:
     queries, docs = pairs
     ours = build_reranker({"backend": "bi_encoder", "model": minilm_dir, "dtype": "float32",
-                           "max_length": 256}, CPU).score(queries, docs)
+                           "max_length": 256}, CPU).score(queries, docs).values
     st = SentenceTransformer(minilm_dir, device="cpu")
     assert st.max_seq_length == 256
     q = st.encode(queries, convert_to_tensor=True, normalize_embeddings=True)
@@ -111,9 +112,9 @@ def test_bi_encoder_embeds_each_distinct_query_once_per_batch(minilm_dir: str, p
 def test_cls_pooling_uses_the_first_token(minilm_dir: str, pairs) -> None:
     queries, docs = pairs
     cfg = {"backend": "bi_encoder", "model": minilm_dir, "dtype": "float32", "max_length": 128}
-    mean = build_reranker(cfg, CPU).score(queries[:4], docs[:4])
+    mean = build_reranker(cfg, CPU).score(queries[:4], docs[:4]).values
     cls_reranker = build_reranker(cfg | {"pooling": "cls"}, CPU)
-    cls = cls_reranker.score(queries[:4], docs[:4])
+    cls = cls_reranker.score(queries[:4], docs[:4]).values
     tok = AutoTokenizer.from_pretrained(minilm_dir)
     with torch.no_grad():
         def emb(text: str, max_length: int) -> torch.Tensor:
@@ -151,7 +152,7 @@ def test_compiled_cross_encoder_equals_sentence_transformers(tiny_bert_dir: str,
     reranker = build_reranker({"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32",
                                "max_length": 128, "max_tokens_per_batch": 1024, "compile": True}, CPU)
     assert isinstance(reranker.model, torch._dynamo.eval_frame.OptimizedModule)
-    ours = reranker.score(queries, docs)
+    ours = reranker.score(queries, docs).values
     ref = st_cross_scores(tiny_bert_dir, queries, docs, max_length=128)
     assert np.abs(ours - ref).max() < 1e-4 and np.std(ours) > 1e-3  # (fused kernels reorder fp32 sums: ~1e-5)
 
@@ -165,11 +166,17 @@ def test_scores_do_not_depend_on_host_slices(tiny_bert_dir: str, pairs, monkeypa
     queries, docs = pairs
     cfg = {"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32", "max_length": 128}
     whole = build_reranker(cfg, CPU).score(queries, docs)
-    monkeypatch.setattr(cross_encoder, "host_slices",
-                        lambda n, device: host_slices(n, torch.device("cuda"), parts=10, min_rows=4))
+    slices: list[list[slice]] = []
+
+    def cuda_slices(n: int, device: torch.device) -> list[slice]:
+        slices.append(host_slices(n, torch.device("cuda"), parts=10, min_rows=4))
+        return slices[-1]
+
+    monkeypatch.setattr(cross_encoder, "host_slices", cuda_slices)
     sliced = build_reranker(cfg, CPU).score(queries, docs)
-    assert len(host_slices(48, torch.device("cuda"), parts=10, min_rows=4)) == 10
-    assert np.abs(whole - sliced).max() < 1e-5
+    assert len(slices) == 1 and len(slices[0]) == 10  # the call really went in 10 slices
+    assert np.abs(whole.values - sliced.values).max() < 1e-5
+    assert (whole.truncated == sliced.truncated).all() and whole.truncated.any()
 
 
 def test_host_slices_cover_every_row_once() -> None:

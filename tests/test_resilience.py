@@ -1,6 +1,7 @@
 """Nightly reliability on a real cluster (`ray start --head`), with the driver as a subprocess:
-a driver SIGKILLed mid-run resumes exactly once, a killed actor costs nothing, and a row
-that makes the model raise is quarantined while the rest of the job finishes.
+a driver SIGKILLed mid-run resumes exactly once, a killed actor costs nothing, an actor that
+dies every time stops the job after actor.max_restarts, and a row that makes the model raise
+is quarantined while the rest of the job finishes.
 
 Faults are injected through BATCH_RERANK_TEST_FAULTS (reranker_actors/faults.py), which
 the job forwards to its workers.
@@ -39,7 +40,7 @@ def setup_job(tmp_path: Path, model: str, **sections: Any) -> tuple[Path, pa.Tab
 def scores_by_pair(model: str, table: pa.Table) -> dict[tuple[str, str], float]:
     reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32",
                                "max_length": 128}, torch.device("cpu"))
-    scores = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist())
+    scores = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist()).values
     return dict(zip(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()), scores.tolist()))
 
 
@@ -102,6 +103,16 @@ def test_an_actor_killed_mid_batch_is_restarted_and_the_output_is_exact(
     assert code == 0, log[-4000:]
     assert (marker / "killed").exists(), "the fault must have fired"
     assert_exactly_once(tmp_path / "out", table, scores_by_pair(tiny_bert_dir, table))
+
+
+def test_an_actor_that_dies_on_every_try_stops_the_job_after_max_restarts(
+        ray_head: RayHead, tmp_path: Path, tiny_bert_dir: str) -> None:
+    """Ray Data restarts a dead actor and retries its batch without limit; the actor bounds it."""
+    config, _ = setup_job(tmp_path, tiny_bert_dir)
+    code, log = finish(driver(ray_head, config, {"kill_on_call": 1}, "actor.max_restarts=1"))
+    assert code == 2, log[-4000:]
+    assert "died and was restarted 2 times, more than actor.max_restarts (1)" in log
+    assert not published(tmp_path / "out")
 
 
 def test_a_row_that_makes_the_model_raise_is_quarantined_and_the_rest_finishes(

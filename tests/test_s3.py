@@ -89,7 +89,7 @@ def test_input_output_and_model_on_s3_through_ray_job_submit(ray_head: RayHead, 
     reference = build_reranker({"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32",
                                 "max_length": 128}, torch.device("cpu"))
     expected = dict(zip(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()),
-                        reference.score(table["query"].to_pylist(), table["doc"].to_pylist()).tolist()))
+                        reference.score(table["query"].to_pylist(), table["doc"].to_pylist()).values.tolist()))
     assert np.abs(np.array(out["score"].to_pylist()) - np.array([expected[p] for p in pairs])).max() < 1e-5
     # Weights were downloaded once into the node's cache, whatever the number of actors.
     copies = [p for p in (cache / "models").iterdir() if p.is_dir()]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from jobs.errors import ModelError
+from reranker_actors.errors import ModelError
 from reranker_actors.registry import build_reranker
 
 CPU = torch.device("cpu")
@@ -33,7 +33,7 @@ def test_pickle_weights_are_refused_unless_allowed(tmp_path: Path, tiny_bert_dir
     allowed = build_reranker(cfg(pickled, allow_pickle_weights=True), CPU)
     reference = build_reranker(cfg(tiny_bert_dir), CPU)
     pair = (["what is lift"], ["lift is a force on a wing"])
-    np.testing.assert_array_equal(allowed.score(*pair), reference.score(*pair))
+    np.testing.assert_array_equal(allowed.score(*pair).values, reference.score(*pair).values)
 
 
 def test_code_shipped_with_a_model_never_runs_unless_trusted(tmp_path: Path, tiny_bert_dir: str) -> None:

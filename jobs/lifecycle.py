@@ -1,0 +1,188 @@
+"""One run of a job, from validation to `_SUCCESS`, the same for every entrypoint.
+
+    validate (inputs' footers, qrels, output dir, checkpoints, caches)
+      -> Ray session -> score (checkpointed per input file; cached pairs skip the model)
+      -> the job's own stages (rank, cascade, labels, formats)
+      -> quarantine -> evaluation -> cache rows -> report -> commit (_SUCCESS last)
+      -> publish the caches, remove the checkpoints
+A failure anywhere removes what the run staged and leaves the previous output and
+caches as they were; the checkpoints stay, so a rerun of the same command resumes.
+
+An entrypoint supplies only what differs, as a `Job`: its scorers, its stages after
+scoring, its summary fields and its HTML report.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from jobs.checkpoints import Checkpoints, fingerprint
+from jobs.config import ActorConfig, InputConfig, RayConfig
+from jobs.errors import InputError
+from jobs.evaluate import Qrels, load_qrels, mean
+from jobs.inputs import Inputs, discover
+from jobs.output import QUARANTINE, OutputDir, commit_run
+from jobs.quarantine import write_quarantine
+from jobs.ray_runtime import check_pool_fits, ray_session
+from jobs.score_cache import RunCaches
+from jobs.stages import Scored, Scorer, score_pairs
+from jobs.summary import RunSummary
+from reranker_actors.base import RerankerConfig
+
+
+class Stopwatch:
+    """Wall seconds per named stage of a run, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+@dataclass
+class Run:
+    """What a validated run works with."""
+
+    inputs: Inputs
+    qrels: Qrels | None
+    out: OutputDir
+    checkpoints: Checkpoints
+    caches: RunCaches
+    clock: Stopwatch
+    cache_refs: list[Any] = field(default_factory=list)  # per scorer: ObjectRef of its cache index, or None
+
+
+@dataclass
+class Produced:
+    """What a job's stages after scoring staged: the part files' directory, side outputs by
+    name (jobs.output.SIDE_OUTPUTS), and per scorer index the files and score column its
+    cache keeps."""
+
+    staged: str
+    side: dict[str, str] = field(default_factory=dict)
+    cache_rows: list[tuple[int, list[str], str]] = field(default_factory=list)
+
+
+P = TypeVar("P", bound=Produced)
+
+
+class Job(ABC, Generic[P]):
+    """An entrypoint's part of a run; `run_job` does the rest."""
+
+    config: BaseModel  # the whole job config (its hash goes into the run report)
+    input: InputConfig
+    output_path: str
+    cache_path: str | None
+    ray: RayConfig
+    qrels_path: str | None
+    keep_texts: bool  # the checkpoints keep the texts: a later stage scores them again
+
+    @abstractmethod
+    def rerankers(self) -> list[RerankerConfig]:
+        """Every scorer's model, by scorer index (a cache namespace each)."""
+
+    @abstractmethod
+    def pools(self) -> list[list[ActorConfig]]:
+        """Groups of actor pools that run at the same time (checked to fit the cluster)."""
+
+    @abstractmethod
+    def scorers(self, run: Run) -> list[Scorer]:
+        """The scorers of the checkpointed score stage, one after the other on each block."""
+
+    @abstractmethod
+    def checkpoint_settings(self) -> dict[str, Any]:
+        """Everything that changes what a checkpoint holds."""
+
+    @abstractmethod
+    def produce(self, run: Run, scored: Scored, shards: list[str]) -> P:
+        """The stages after scoring (timed with run.clock), from the checkpoint files `shards`."""
+
+    @abstractmethod
+    def evaluate(self, run: Run, shards: list[str], produced: P) -> dict[str, dict[str, dict[str, float]]]:
+        """Per stage, per query, metrics against run.qrels (only called with qrels)."""
+
+    @abstractmethod
+    def summary_fields(self, run: Run, scored: Scored, produced: P) -> dict[str, Any]:
+        """RunSummary fields only this job knows: queries, rows out, model, stages..."""
+
+    @abstractmethod
+    def report(self, run: Run, produced: P, summary: RunSummary,
+               per_query: dict[str, dict[str, dict[str, float]]]) -> str:
+        """The self-contained HTML report."""
+
+
+def _open(job: Job, clock: Stopwatch) -> Run:
+    """Validate before any work: the inputs' footers, qrels and the output directory."""
+    with clock.stage("validate"):
+        inputs = discover(job.input)
+        qrels = load_qrels(job.qrels_path) if job.qrels_path else None
+        out = OutputDir(job.output_path)
+        out.prepare(inputs.paths, inputs.dirs)
+        checkpoints = Checkpoints(out.fs, out.root, fingerprint(job.checkpoint_settings()))
+        return Run(inputs, qrels, out, checkpoints, RunCaches(job.cache_path, job.rerankers()), clock)
+
+
+def _score(job: Job, run: Run) -> Scored:
+    with run.clock.stage("score"):
+        run.cache_refs = run.caches.broadcast()
+        scored = score_pairs(run.inputs, job.input, job.scorers(run), run.checkpoints, keep_texts=job.keep_texts)
+    if scored.scored == 0:
+        raise InputError(f"input.path {job.input.path!r}: no valid pairs ({scored.pairs} read, "
+                         f"{scored.skipped} skipped as invalid)")
+    return scored
+
+
+def _summary(job: Job, run: Run, where: str, scored: Scored, quarantined: int, fields: dict[str, Any],
+             per_query: dict[str, dict[str, dict[str, float]]]) -> RunSummary:
+    return RunSummary(
+        ray=where, input=str(job.input.path),
+        input_files=[{"url": f.url, "size": f.size, "rows": f.num_rows} for f in run.inputs.files],
+        pairs=scored.pairs, skipped=scored.skipped, quarantined=quarantined, truncated=scored.truncated,
+        output=job.output_path, dtype=", ".join(scored.dtypes), config_hash=fingerprint(job.config.model_dump()),
+        resumed_files=scored.resumed, scored_now=scored.scored_now, run_id=run.out.run_id,
+        score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
+        cached=scored.cached, seconds=run.clock.seconds, metrics={stage: mean(pq) for stage, pq in per_query.items()},
+        eval_queries=len(list(per_query.values())[-1]) if per_query else 0, **fields,
+    )
+
+
+def run_job(job: Job) -> RunSummary:
+    """Run `job` start to finish; on any failure leave the last good output as it was."""
+    run = _open(job, Stopwatch())
+    try:
+        with ray_session(job.ray) as where:
+            for pools in job.pools():
+                check_pool_fits(pools)
+            scored = _score(job, run)
+            shards = run.checkpoints.shard_files(scored.shard_ids)
+            produced = job.produce(run, scored, shards)
+            quarantined = write_quarantine(run.out.fs, run.checkpoints, scored, run.out.staging(QUARANTINE))
+            per_query = job.evaluate(run, shards, produced) if run.qrels else {}
+            for scorer, files, column in produced.cache_rows if run.caches else []:
+                run.caches.write(scorer, files, run.out.fs, run.out.run_id, column)
+            fields = job.summary_fields(run, scored, produced)
+        summary = _summary(job, run, where, scored, quarantined, fields, per_query)
+        html = job.report(run, produced, summary, per_query)
+        side = produced.side | ({QUARANTINE: run.out.staging(QUARANTINE)} if quarantined else {})
+        with run.clock.stage("commit"):
+            commit_run(run.out, produced.staged, summary.to_dict(), summary.render(), html, side)
+        run.caches.publish(run.out.run_id)
+        run.checkpoints.remove_all()
+    except BaseException:
+        run.out.abort()  # (checkpoints stay: a rerun resumes from them)
+        run.caches.discard(run.out.run_id)
+        raise
+    return summary

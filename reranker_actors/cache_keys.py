@@ -1,0 +1,89 @@
+"""Score-cache keys and lookups, as the scoring actor uses them.
+
+A pair's key is a 128-bit BLAKE2b of the dtype the actor resolved, the pair's task
+instruction, query and document (each length-prefixed), so another dtype or a changed
+text never hits. Everything else a score depends on (model, revision, template, ...)
+names the cache's namespace instead: `namespace_settings`. The job (jobs.score_cache)
+stores and publishes the cache; the actor only looks keys up in a `CacheIndex`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from reranker_actors.base import RerankerConfig
+from reranker_actors.registry import score_settings
+
+KEY_TYPE = pa.binary(16)
+
+
+def namespace_settings(reranker: RerankerConfig | dict[str, Any]) -> dict[str, Any]:
+    """What a cached score depends on besides its key: the reranker's score settings
+    without the dtype, which `auto` resolves per device and so goes into each key."""
+    return {k: v for k, v in score_settings(reranker).items() if k != "dtype"}
+
+
+def pair_keys(dtype: str, queries: Sequence[str], docs: Sequence[str],
+              instructions: Sequence[str | None] | None = None) -> pa.FixedSizeBinaryArray:
+    """128-bit keys of (dtype, instruction, query, doc); each part length-prefixed."""
+    head = _part(dtype)
+    out = bytearray()
+    for i, (query, doc) in enumerate(zip(queries, docs)):
+        h = hashlib.blake2b(head, digest_size=16)
+        h.update(_part((instructions[i] if instructions else None) or ""))
+        h.update(_part(query))
+        h.update(_part(doc))
+        out += h.digest()
+    return pa.FixedSizeBinaryArray.from_buffers(KEY_TYPE, len(docs), [None, pa.py_buffer(bytes(out))])
+
+
+def _part(text: str) -> bytes:
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data).to_bytes(8, "little") + data
+
+
+def _halves(keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.frombuffer(keys.buffers()[1], dtype="<u8", count=2 * (len(keys) + keys.offset))
+    pairs = raw.reshape(-1, 2)[keys.offset:]
+    return pairs[:, 0], pairs[:, 1]
+
+
+@dataclass
+class CacheIndex:
+    """Sorted keys (as two uint64 halves) and their scores: lookups by binary search."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+    score: np.ndarray
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> CacheIndex:
+        keys = table["key"].combine_chunks() if len(table) else pa.array([], KEY_TYPE)
+        hi, lo = _halves(keys)
+        order = np.lexsort((lo, hi))
+        score = table["score"].to_numpy().astype(np.float32) if len(table) else np.empty(0, np.float32)
+        return cls(np.ascontiguousarray(hi[order]), np.ascontiguousarray(lo[order]), score[order])
+
+    def __len__(self) -> int:
+        return len(self.hi)
+
+    def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, scores) for `keys`; scores are 0 where not found."""
+        hi, lo = _halves(keys)
+        found = np.zeros(len(keys), dtype=bool)
+        scores = np.zeros(len(keys), dtype=np.float32)
+        if not len(self.hi):
+            return found, scores
+        left = np.searchsorted(self.hi, hi, side="left")
+        right = np.searchsorted(self.hi, hi, side="right")
+        for i in np.flatnonzero(right > left):  # (several entries share `hi` only by a 64-bit collision)
+            at = left[i] + np.flatnonzero(self.lo[left[i]:right[i]] == lo[i])
+            if len(at):
+                found[i], scores[i] = True, self.score[at[0]]
+        return found, scores
