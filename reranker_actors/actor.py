@@ -11,7 +11,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-import torch
 
 from reranker_actors.base import Scores
 from reranker_actors.cache_keys import CacheIndex, pair_keys
@@ -87,6 +86,8 @@ class ScoreActor:
                  max_restarts: int = 3) -> None:
         """`cache`: a CacheIndex, or an ObjectRef of one, or None. `max_restarts`: how often
         Ray may restart this actor after it died before it refuses to work."""
+        import torch
+
         torch.set_num_threads(threads)
         self.on_invalid = on_invalid
         self.score_column, self.keep_texts = score_column, keep_texts
@@ -150,6 +151,8 @@ class ScoreActor:
 
     def _isolating(self, batch: pa.Table, rows: np.ndarray, errors: dict[int, str]) -> Scores:
         """Scores of `rows`; rows that fail alone go into `errors` (score NaN), by bisection."""
+        import torch
+
         try:
             return self._scores_of(batch, rows)
         except (UserError, MemoryError, torch.OutOfMemoryError):

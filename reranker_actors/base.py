@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeVar
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -20,6 +20,22 @@ CUDA_TOKEN_BUDGET = 65536
 SPEED_ONLY = frozenset({"max_tokens_per_batch", "compile"})
 
 ScoreKind = Literal["logit", "cosine", "probability"]
+
+if TYPE_CHECKING:  # (torch loads where a model runs, not where a config is read)
+    import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def inference_mode(fn: F) -> F:
+    """torch.inference_mode() around a method, importing torch only when it runs."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+    return run  # type: ignore[return-value]
 
 
 class RerankerConfig(BaseModel):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> Iterator[np.ndarray]:
@@ -46,6 +49,8 @@ def pad(seqs: list[list[int]], pad_value: int) -> np.ndarray:
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    import torch
+
     tensor = torch.from_numpy(array)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)

@@ -7,18 +7,18 @@ Each distinct query text in a batch is embedded once, not once per pair.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from transformers import AutoModel
 
-from reranker_actors.base import RerankerConfig, Scores, activate
+from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
 from reranker_actors.batching import token_budget_batches
 from reranker_actors.cross_encoder import MINILM_L6
 from reranker_actors.hf import HFReranker
 from reranker_actors.tokenization import Encoded
+
+if TYPE_CHECKING:
+    import torch
 
 
 class BiEncoderConfig(RerankerConfig):
@@ -28,7 +28,7 @@ class BiEncoderConfig(RerankerConfig):
 
 class BiEncoderReranker(HFReranker):
     config_class = BiEncoderConfig
-    auto_class = AutoModel
+    auto_class = "AutoModel"
     raw_score = "cosine"
     # all-MiniLM-L6-v2's config.json on the Hugging Face hub.
     known_models: ClassVar[dict[str, dict[str, Any]]] = {
@@ -37,6 +37,9 @@ class BiEncoderReranker(HFReranker):
 
     def _embed(self, enc: Encoded) -> torch.Tensor:
         """L2-normalised float32 embeddings, one row per encoded text."""
+        import torch
+        import torch.nn.functional as F
+
         out = torch.empty(len(enc.ids), self.model.config.hidden_size, dtype=torch.float32)
         for idx in token_budget_batches(enc.lengths, self.max_tokens):
             inputs = self.inputs(enc, idx)
@@ -49,9 +52,11 @@ class BiEncoderReranker(HFReranker):
             out[torch.from_numpy(idx)] = F.normalize(pooled, dim=-1).cpu()
         return out
 
-    @torch.inference_mode()
+    @inference_mode
     def score(self, queries: Sequence[str], docs: Sequence[str],
               instructions: Sequence[str | None] | None = None) -> Scores:
+        import torch
+
         unique = list(dict.fromkeys(queries))
         position = {q: i for i, q in enumerate(unique)}
         q_enc = self.encoder.encode_queries(unique)

@@ -7,16 +7,17 @@ Covers AutoModelForSequenceClassification with a single label: the BERT family
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
-from transformers import AutoModelForSequenceClassification
 
-from reranker_actors.base import RerankerConfig, Scores, activate
+from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
 from reranker_actors.batching import host_slices, token_budget_batches
 from reranker_actors.errors import ModelError
 from reranker_actors.hf import HFReranker
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CrossEncoderConfig(RerankerConfig):
@@ -30,7 +31,7 @@ MINILM_L6 = dict(layers=6, hidden=384, intermediate=1536, heads=12, params=22.7e
 
 class CrossEncoderReranker(HFReranker):
     config_class = CrossEncoderConfig
-    auto_class = AutoModelForSequenceClassification
+    auto_class = "AutoModelForSequenceClassification"
     raw_score = "logit"
     known_models: ClassVar[dict[str, dict[str, Any]]] = {
         "BAAI/bge-reranker-v2-m3": XLMR_LARGE, "cross-encoder/ms-marco-MiniLM-L-6-v2": MINILM_L6}
@@ -43,9 +44,11 @@ class CrossEncoderReranker(HFReranker):
                 "backend cross_encoder needs a single-logit reranker head (num_labels=1)"
             )
 
-    @torch.inference_mode()
+    @inference_mode
     def score(self, queries: Sequence[str], docs: Sequence[str],
               instructions: Sequence[str | None] | None = None) -> Scores:
+        import torch
+
         rows, logits = [], []  # logits stay on the device: the host never waits mid-call
         truncated = np.zeros(len(queries), dtype=bool)
         for part in host_slices(len(queries), self.device):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import platform
-
-import torch
+from typing import TYPE_CHECKING
 
 from reranker_actors.errors import ModelError
 
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if TYPE_CHECKING:
+    import torch
 
 
 def _cpu_flags() -> set[str]:
@@ -35,6 +35,8 @@ def cpu_supports_bf16() -> bool:
     Without it torch emulates bf16 and a matmul runs two orders of magnitude slower than
     fp32 (docs/performance.md).
     """
+    import torch
+
     checks = [getattr(torch.cpu, "_is_avx512_bf16_supported", None),
               getattr(torch.cpu, "_is_amx_tile_supported", None)]
     if any(check is not None and check() for check in checks):
@@ -45,6 +47,8 @@ def cpu_supports_bf16() -> bool:
 def pick_device(expect_gpu: bool) -> torch.device:
     """cuda for an actor that was given a GPU, else cpu, even on a GPU node: Ray does not
     hide GPUs from actors that asked for none, and they must not use one outside its accounting."""
+    import torch
+
     if not expect_gpu:
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -60,6 +64,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
     auto: float16 on CUDA, bfloat16 on a CPU with native bf16, else float32.
     """
+    import torch
+
     if name == "auto":
         if device.type == "cuda":
             return torch.float16
@@ -74,4 +80,4 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             "reranker.dtype bfloat16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag), "
             "so bf16 matmul runs about 100x slower than float32. Use auto or float32 here."
         )
-    return _TORCH_DTYPES[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from reranker_actors.base import Reranker, RerankerConfig
 from reranker_actors.batching import model_inputs
@@ -15,6 +14,9 @@ from reranker_actors.device import resolve_dtype
 from reranker_actors.errors import ModelError
 from reranker_actors.model_cache import is_remote, local_copy
 from reranker_actors.tokenization import Encoded, TextEncoder
+
+if TYPE_CHECKING:
+    import torch
 
 PACKAGE_SCHEME = "python-package:"
 
@@ -107,19 +109,24 @@ def position_limit(model: Any) -> int | None:
 class HFReranker(Reranker):
     """Setup shared by families built on a transformers model and its fast tokenizer."""
 
-    auto_class: ClassVar[Any]  # e.g. AutoModelForSequenceClassification
+    auto_class: ClassVar[str]  # the transformers Auto class that loads it, e.g. AutoModelForSequenceClassification
 
     def __init__(self, config: RerankerConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
         self.dtype = resolve_dtype(config.dtype, device)
-        tokenizer, self.model = load_pretrained(config, self.auto_class, device, self.dtype)
+        import transformers
+
+        auto_class = getattr(transformers, self.auto_class)
+        tokenizer, self.model = load_pretrained(config, auto_class, device, self.dtype)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
         self.encoder = self.make_encoder(tokenizer)
         self.max_tokens = config.token_budget(device)
         if config.compile:
+            import torch
+
             self.model = torch.compile(self.model, dynamic=True)
         limit = position_limit(self.model)
         if limit is not None and config.max_length > limit:

@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, field_validator, model_validator
-from transformers import AutoModelForCausalLM, DynamicCache
 
-from reranker_actors.base import RerankerConfig, Scores, activate
+from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
 from reranker_actors.batching import pad, to_device, token_budget_batches
 from reranker_actors.errors import ModelError
 from reranker_actors.hf import HFReranker
 from reranker_actors.prompts import PromptBatch, PromptEncoder
+
+if TYPE_CHECKING:
+    import torch
 
 QWEN3_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
@@ -86,7 +87,7 @@ QWEN3 = dict(kv_heads=8, head_dim=128, gated=True)
 
 class LLMYesNoReranker(HFReranker):
     config_class = LLMYesNoConfig
-    auto_class = AutoModelForCausalLM
+    auto_class = "AutoModelForCausalLM"
     raw_score = "logit"  # logit(yes) - logit(no)
     takes_instruction = True
     supports_compile = False  # (its prefix-cache path calls the decoder directly)
@@ -116,6 +117,8 @@ class LLMYesNoReranker(HFReranker):
             raise ModelError(f"reranker.max_length: {e}") from e
 
     def _last_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        import torch
+
         logits = hidden.float() @ self.head.to(hidden.device)
         if self.softcap:
             logits = self.softcap * torch.tanh(logits / self.softcap)
@@ -125,6 +128,9 @@ class LLMYesNoReranker(HFReranker):
              ) -> torch.Tensor:
         """Logits of the last token of each sequence (right-padded), optionally after a shared
         prefix of `offset` tokens whose per-layer (key, value) tensors are `cache`."""
+        import torch
+        from transformers import DynamicCache
+
         ids = pad(seqs, self.pad_id)
         lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
@@ -142,6 +148,8 @@ class LLMYesNoReranker(HFReranker):
 
     def _score_shared(self, batch: PromptBatch, rows: np.ndarray, shared: int, out: np.ndarray) -> None:
         """Run the group's common prefix once, then every candidate's remaining tokens on its cache."""
+        from transformers import DynamicCache
+
         prefix = batch.ids[rows[0]][:shared]
         ran = self.decoder(input_ids=to_device(np.array([prefix]), self.device), use_cache=True,
                            past_key_values=DynamicCache(config=self.model.config))
@@ -151,7 +159,7 @@ class LLMYesNoReranker(HFReranker):
         for idx in token_budget_batches(lengths, self.max_tokens):
             out[rows[idx]] = self._run([rests[i] for i in idx], shared, cache).cpu().numpy()
 
-    @torch.inference_mode()
+    @inference_mode
     def logits(self, queries: Sequence[str], docs: Sequence[str],
                instructions: Sequence[str | None] | None = None, share_prefix: bool = True
                ) -> tuple[np.ndarray, np.ndarray]:

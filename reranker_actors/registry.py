@@ -3,9 +3,8 @@ everything else about it (config keys, capabilities, known models) lives in its 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
-import torch
 from pydantic import Field
 
 from reranker_actors.base import Reranker, RerankerConfig
@@ -13,6 +12,9 @@ from reranker_actors.bi_encoder import BiEncoderReranker
 from reranker_actors.cross_encoder import CrossEncoderReranker
 from reranker_actors.errors import ConfigError
 from reranker_actors.llm_yes_no import LLMYesNoReranker
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS: dict[str, type[Reranker]] = {
     "cross_encoder": CrossEncoderReranker,

@@ -1,9 +1,10 @@
 """Shared fixtures: real tokenizers, tiny random-weight models, a local Ray, sample data.
 
 Every test belongs to one tier, given by the fixtures it uses:
-    e2e          a real cluster (`ray_head`: `ray start --head`) or moto_server (`moto`)
-    integration  a local Ray in the test process (`ray_local`)
+    e2e          drivers in subprocesses or `ray job submit` (`ray_head`), or moto_server (`moto`)
+    integration  the test process as the driver of a job (`ray_local`)
     unit         neither: no Ray at all (starting one fails the test)
+Both Ray tiers use the session's one cluster, started with `ray start --head` on loopback.
 `make test` runs every tier; `make test-unit` (`pytest -m unit`) only the first.
 """
 
@@ -72,24 +73,30 @@ def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Any:
-    """One local Ray for the in-process integration tests (never `ray stop`)."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def ray_head() -> Any:
-    """A real `ray start --head` cluster on loopback, shared by the tests that submit jobs
-    or run drivers as subprocesses. It offers 2 units of a custom resource `fake_gpu`,
+def _cluster() -> Any:
+    """The session's one Ray cluster: `ray start --head` on loopback, stopped by its PID
+    (never `ray stop`). It offers 2 CPUs and 2 units of a custom resource `fake_gpu`,
     standing in for GPUs in the per-stage resource tests."""
     from tests.ray_head import ray_head as start
 
     with start(resources={FAKE_GPU: 2}) as head:
         yield head
+
+
+@pytest.fixture(scope="session")
+def ray_head(_cluster: Any) -> Any:
+    """The cluster, for the tests that submit jobs or run drivers as subprocesses (e2e)."""
+    return _cluster
+
+
+@pytest.fixture(scope="session")
+def ray_local(_cluster: Any) -> Any:
+    """The test process as a driver of the cluster, for jobs run in-process (integration)."""
+    import ray
+
+    ray.init(address=_cluster.gcs, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
 
 
 def sample_pairs() -> pa.Table:

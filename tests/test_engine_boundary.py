@@ -1,5 +1,5 @@
-"""The engine (reranker_actors) stands alone, and the job reads what a family can do from
-the family, never from its backend name."""
+"""The engine (reranker_actors) stands alone, the job reads what a family can do from the
+family, never from its backend name, and only the scoring actors load torch."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def test_no_backend_name_appears_in_the_job() -> None:
             if isinstance(node, ast.Constant) and node.value in BACKENDS:
                 found.append(f"{path.name}:{node.lineno}: {node.value!r}")
     assert found == []
+
+
+def test_the_job_and_the_configs_load_without_torch() -> None:
+    """torch and transformers load only where a model runs (the scoring actors): the driver
+    and the read, normalize, rank and label tasks, which unpickle the job's functions and
+    configs in fresh worker processes, do not pay for importing them."""
+    code = ("import sys, jobs.rerank, jobs.distill_labels, jobs.normalize, jobs.cascade, jobs.plan, "
+            "reranker_actors.registry; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -69,7 +69,8 @@ def test_smollm2_scores_every_pair_the_same_way_twice(tmp_path: Path, smollm2_di
     in_dir = write_shards(tmp_path / "in", [table.slice(0, 10), table.slice(10)])
     outputs = []
     for name in ("a", "b"):
-        cfg = job_config(tmp_path, in_dir, smollm2_dir, output={"path": str(tmp_path / name)})
+        cfg = job_config(tmp_path, in_dir, smollm2_dir, output={"path": str(tmp_path / name)},
+                         actor={"threads": 2})  # (the machine's 2 cores for the one actor)
         cfg["reranker"] = reranker_section(smollm2_dir)
         summary = run(load_config(write_config(tmp_path / f"{name}.yaml", cfg)))
         assert (summary.pairs, summary.rows_out) == (18, 18)
