@@ -1,7 +1,8 @@
 """Cascades (tiered reranking): stage 2 scores only stage 1's best N per query, and so on.
 
     checkpoints (stage 1: ids, scores, texts)
-      -> map_groups(query_id, StageRanker(1))  -> _staging/.../stage1/   (texts only on the top N)
+      -> StageRanker(1) over whole queries  -> _staging/.../stage1/   (texts only on the top N;
+         file by file when no query spans two input files, else map_groups(query_id))
       -> read where stage1_rank <= N -> stage 2 actor pool -> _staging/.../stage2-scored/ --+
       -> read where it is not ----------------------------------------------------------------+-> union
       -> ... -> map_groups(CascadeRanker)
@@ -27,7 +28,7 @@ from jobs.fs import arrow_filesystem
 from jobs.ranking import CascadeRanker, StageRanker, advancing, rank_queries
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
 from jobs.schema import KEY_PREFIX, QUERY_ID, SCORE, SKIP_REASON, TEXTS, stage_score
-from jobs.stages import Scorer, rank_partitions
+from jobs.stages import Scorer, map_queries, rank_partitions
 from reranker_actors.actor import ScoreActor
 
 
@@ -54,9 +55,15 @@ def _schema(fs: fsspec.AbstractFileSystem, directory: str) -> pa.Schema:
     return pads.dataset(directory, filesystem=arrow_filesystem(fs), format="parquet").schema
 
 
+def rank_stage_one(table: pa.Table, ranker: StageRanker) -> pa.Table:
+    """Stage 1's ranking of the checkpoint rows of whole queries."""
+    return ranker(_as_stage1(table))
+
+
 def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str, fs: fsspec.AbstractFileSystem,
-                 num_pairs: int, caches: Sequence[Any] | None = None) -> list[str]:
+                 num_pairs: int, by_file: bool, caches: Sequence[Any] | None = None) -> list[str]:
     """Run stages 2.. over the stage-1 checkpoints and write the final ranking to `dest`.
+    by_file: no query spans two checkpoint files, so stage 1 is ranked file by file.
 
     `caches`: per stage 2.., an ObjectRef of the jobs.score_cache.CacheIndex its actors
     look pairs up in, or None. Returns, per stage 2.., the directory of the pairs it
@@ -65,15 +72,19 @@ def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str, fs:
     stages = cfg.stages()
     partitions = rank_partitions(num_pairs)
     filesystem = ray_filesystem(fs)
-    ds = ray.data.read_parquet(scored, filesystem=filesystem).map_batches(_as_stage1, batch_format="pyarrow")
     scored_dirs: list[str] = []
+    ds: ray.data.Dataset | None = None  # stage i's pairs, for i > 1
     with actor_pool_deadline([s.actor for _, s in stages[1:]]):
         for i, (_, stage) in enumerate(stages[1:], start=1):
             ranked_dir = posixpath.join(staging, f"stage{i}")
-            ranked = ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(
-                rank_queries, batch_format="pyarrow",
-                fn_kwargs={"ranker": StageRanker(i, stage.top_n, cfg.input.on_duplicate)})
-            ranked.write_parquet(ranked_dir, filesystem=filesystem)
+            ranker = StageRanker(i, stage.top_n, cfg.input.on_duplicate)
+            if i == 1:
+                map_queries(scored, rank_stage_one, {"ranker": ranker}, ranked_dir, fs, num_pairs, by_file)
+            else:
+                assert ds is not None
+                ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(
+                    rank_queries, batch_format="pyarrow", fn_kwargs={"ranker": ranker},
+                ).write_parquet(ranked_dir, filesystem=filesystem)
             schema = _schema(fs, ranked_dir)
             last = i == len(stages) - 1
             keep = [f for f in schema if f.name not in TEXTS or not last]
@@ -91,6 +102,7 @@ def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str, fs:
             ds = ray.data.read_parquet(scored_dirs[-1], filesystem=filesystem).union(rest).map_batches(
                 _conform, batch_format="pyarrow", fn_kwargs={"schema": target})
         models = tuple(s.reranker.model for _, s in stages)
+        assert ds is not None
         final = ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(
             rank_queries, batch_format="pyarrow",
             fn_kwargs={"ranker": CascadeRanker(models, cfg.rank.top_k, tuple(cfg.input.extra_columns))})

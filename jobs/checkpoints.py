@@ -2,7 +2,8 @@
 
 Layout under output.path (hidden from readers: every name starts with `_`):
     _checkpoints/<fingerprint>/shards/<shard_id>.parquet   the scored rows of one input file
-    _checkpoints/<fingerprint>/manifest/<shard_id>.json    written after it: rows, sha256, ...
+    _checkpoints/<fingerprint>/queries/<shard_id>.parquet  its distinct query ids (see queries_disjoint)
+    _checkpoints/<fingerprint>/manifest/<shard_id>.json    written after them: rows, sha256, ...
 fingerprint: a hash of every config value that changes what is scored or how
   (reranker, input mapping and policies); another config never reuses these files.
 shard_id: a hash of the input file's URL and fsspec `ukey` (size + mtime locally, the
@@ -23,6 +24,7 @@ import io
 import json
 import posixpath
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import fsspec
@@ -46,7 +48,7 @@ from jobs.schema import (
     UNITS,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CHECKPOINTS = "_checkpoints"
 
 
@@ -86,6 +88,9 @@ class Checkpoints:
     def _entry_path(self, sid: str) -> str:
         return posixpath.join(self.root, "manifest", f"{sid}.json")
 
+    def _queries_path(self, sid: str) -> str:
+        return posixpath.join(self.root, "queries", f"{sid}.parquet")
+
     def completed(self, sid: str) -> ShardEntry | None:
         """The manifest entry of a shard whose file is intact, else None."""
         entry_path, shard_path = self._entry_path(sid), self._shard_path(sid)
@@ -115,6 +120,10 @@ class Checkpoints:
         tmp = f"{path}.tmp"
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
+        queries = io.BytesIO()
+        pq.write_table(pa.table({QUERY_ID: pc.unique(table[QUERY_ID])}), queries)
+        self.fs.makedirs(posixpath.dirname(self._queries_path(sid)), exist_ok=True)
+        self.fs.pipe_file(self._queries_path(sid), queries.getvalue())
         entry = ShardEntry(
             input=file.url, input_size=file.size, rows_in=file.num_rows, rows=len(table),
             skipped=len(table) - table[SKIP_REASON].null_count,
@@ -126,6 +135,17 @@ class Checkpoints:
 
     def shard_files(self, sids: list[str]) -> list[str]:
         return [self._shard_path(s) for s in sids]
+
+    def queries_disjoint(self, sids: list[str]) -> bool:
+        """Whether no query has rows in two of these shards: then each shard can be ranked
+        alone, without gathering a query's rows from every shard first."""
+        def read(sid: str) -> pa.Array:
+            with self.fs.open(self._queries_path(sid), "rb") as f:
+                return pq.read_table(f)[QUERY_ID].combine_chunks()
+        with ThreadPoolExecutor(max_workers=16) as pool:  # (each read is a request on S3)
+            ids = list(pool.map(read, sids))
+        total = sum(len(a) for a in ids)
+        return total == len(pc.unique(pa.chunked_array(ids, pa.string()))) if total else True
 
     def remove_all(self) -> None:
         """After a successful commit: these and any other config's checkpoints are stale."""

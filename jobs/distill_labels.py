@@ -5,7 +5,8 @@ training records come out in the formats training tools read.
     ray job submit --working-dir . -- python -m jobs.distill_labels --config <yaml> [key.sub=value ...]
 
 Recipe: read (footers) -> validate -> score (each teacher its own actor pool, one after the
-other on each block; checkpointed per input file) -> labels (map_groups(query_id)) ->
+other on each block; checkpointed per input file) -> labels (whole queries: file by file, or
+map_groups(query_id) when a query spans input files) ->
 formats -> evaluate -> report -> commit (_SUCCESS last). Under output.path:
     part-*.parquet             one row per query: its candidates with each teacher's raw score,
                                the combined score, soft label, teacher rank, positive / hard negative
@@ -40,7 +41,7 @@ from jobs.ranking import dedupe
 from jobs.ray_runtime import ray_filesystem
 from jobs.report_html import ScoreSeries, render_report
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, SKIP_REASON
-from jobs.stages import Scored, Scorer, parquet_files, rank_partitions
+from jobs.stages import Scored, Scorer, map_queries, parquet_files
 from jobs.summary import RunSummary
 from reranker_actors.base import RerankerConfig
 from reranker_actors.registry import score_settings
@@ -119,12 +120,9 @@ class DistillJob(Job[Labelled]):
         labelled = Labelled(out.staging("records"),
                             cache_rows=[(i, shards, t.column) for i, t in enumerate(cfg.teachers)])
         with run.clock.stage("labels"):
-            ds = ray.data.read_parquet(shards, filesystem=ray_filesystem(out.fs))
-            ds = ds.groupby(QUERY_ID, num_partitions=rank_partitions(scored.scored)).map_groups(
-                make_labels, batch_format="pyarrow", fn_kwargs={
-                    "teachers": cfg.teacher_specs(), "labels": cfg.labels, "qrels": run.qrels,
-                    "on_duplicate": cfg.input.on_duplicate})
-            ds.write_parquet(labelled.staged, filesystem=ray_filesystem(out.fs))
+            map_queries(shards, make_labels, {"teachers": cfg.teacher_specs(), "labels": cfg.labels,
+                                              "qrels": run.qrels, "on_duplicate": cfg.input.on_duplicate},
+                        labelled.staged, out.fs, scored.scored, run.by_file)
             labelled.records = parquet_files(out.fs, labelled.staged)
         with run.clock.stage("formats"):
             labelled.side = _formats(cfg, out)

@@ -63,6 +63,7 @@ class Run:
     caches: RunCaches
     clock: Stopwatch
     cache_refs: list[Any] = field(default_factory=list)  # per scorer: ObjectRef of its cache index, or None
+    by_file: bool = False  # no query has rows in two input files: whole queries go file by file
 
 
 @dataclass
@@ -154,7 +155,8 @@ def _summary(job: Job, run: Run, where: str, scored: Scored, quarantined: int, f
         output=job.output_path, dtype=", ".join(scored.dtypes), config_hash=fingerprint(job.config.model_dump()),
         resumed_files=scored.resumed, scored_now=scored.scored_now, run_id=run.out.run_id,
         score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
-        cached=scored.cached, seconds=run.clock.seconds, metrics={stage: mean(pq) for stage, pq in per_query.items()},
+        cached=scored.cached, by_file=run.by_file, seconds=run.clock.seconds,
+        metrics={stage: mean(pq) for stage, pq in per_query.items()},
         eval_queries=len(list(per_query.values())[-1]) if per_query else 0, **fields,
     )
 
@@ -168,6 +170,7 @@ def run_job(job: Job) -> RunSummary:
                 check_pool_fits(pools)
             scored = _score(job, run)
             shards = run.checkpoints.shard_files(scored.shard_ids)
+            run.by_file = run.checkpoints.queries_disjoint(scored.shard_ids)
             produced = job.produce(run, scored, shards)
             quarantined = write_quarantine(run.out.fs, run.checkpoints, scored, run.out.staging(QUARANTINE))
             per_query = job.evaluate(run, shards, produced) if run.qrels else {}

@@ -72,9 +72,9 @@ class RerankJob(Job[Ranked]):
         with run.clock.stage("cascade + rank" if cfg.cascade else "rank"):
             if cfg.cascade:
                 ranked.stage_dirs = rank_cascade(cfg, shards, out.staging("cascade"), ranked.staged, out.fs,
-                                                 scored.scored, run.cache_refs[1:])
+                                                 scored.scored, run.by_file, run.cache_refs[1:])
             else:
-                rank_pairs(cfg, shards, ranked.staged, out.fs, scored.scored)
+                rank_pairs(cfg, shards, ranked.staged, out.fs, scored.scored, run.by_file)
         ranked.files = parquet_files(out.fs, ranked.staged)
         ranked.rows_out = footer_rows(out.fs, ranked.files)
         self._check_ranked(scored, ranked.rows_out)

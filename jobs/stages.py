@@ -2,7 +2,9 @@
 
 score:  read_parquet (files without a checkpoint) -> Normalizer (tasks) -> ScoreActor
         (actor pool) -> driver: ShardAssembler -> one checkpoint per input file
-rank:   checkpoints -> drop skipped -> map_groups(query_id, Ranker) -> ranked staging
+rank:   checkpoints -> drop skipped -> Ranker over whole queries -> ranked staging: one task
+        per checkpoint file when no query spans two input files, else one task for up to a
+        million pairs, else map_groups(query_id) after a shuffle
 quarantine: checkpoints -> skipped rows with their reason and input file
 Checkpoints hold ids, scores and pass-through columns (no texts), so the driver and
 the shuffle that gathers each query's candidates move little data.
@@ -11,7 +13,9 @@ the shuffle that gathers each query's candidates move little data.
 from __future__ import annotations
 
 import math
+import posixpath
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +32,7 @@ from jobs.config import ActorConfig, InputConfig, JobConfig
 from jobs.fs import arrow_filesystem
 from jobs.inputs import Inputs
 from jobs.normalize import Normalizer
-from jobs.ranking import Ranker, rank_queries
+from jobs.ranking import Ranker
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
 from jobs.schema import BATCH_END, BATCH_START, QUERY_ID, RANK, SKIP_REASON
 from reranker_actors.actor import ScoreActor
@@ -158,23 +162,54 @@ class ActorWindow:
         return pairs / busy if busy > 0 else 0.0
 
 
-def _drop_skipped(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch[SKIP_REASON])).drop_columns([SKIP_REASON])
+def map_queries(files: list[str], fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any], dest: str,
+                fs: fsspec.AbstractFileSystem, pairs: int, by_file: bool) -> None:
+    """Apply `fn`, which takes whole queries (any number of them), to the rows of `files`,
+    and write what it returns under `dest`.
+
+    by_file: no query has rows in two of `files` (Checkpoints.queries_disjoint), so each
+    file is one task. Otherwise each query's rows must be gathered from every file first:
+    with up to ROWS_PER_RANK_PARTITION pairs in all, one task reads them all; with more,
+    Ray Data's groupby(query_id) shuffles them across the cluster into partitions.
+    """
+    if by_file or rank_partitions(pairs) == 1:
+        groups = [[path] for path in files] if by_file else [files]
+        ray.get([_map_files.remote(group, fn, fn_kwargs, posixpath.join(dest, f"part-{i:05d}.parquet"), fs)
+                 for i, group in enumerate(groups)])
+        return
+    ds = ray.data.read_parquet(files, filesystem=ray_filesystem(fs))
+    ds = ds.groupby(QUERY_ID, num_partitions=rank_partitions(pairs)).map_groups(
+        fn, batch_format="pyarrow", fn_kwargs=fn_kwargs)
+    ds.write_parquet(dest, filesystem=ray_filesystem(fs))
+
+
+@ray.remote
+def _map_files(paths: list[str], fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any], dest: str,
+               fs: fsspec.AbstractFileSystem) -> int:
+    tables = []
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f))
+    out = fn(pa.concat_tables(tables, promote_options="permissive"), **fn_kwargs)
+    if len(out):
+        fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+        with fs.open(dest, "wb") as f:
+            pq.write_table(out, f)
+    return len(out)
+
+
+def rank_valid(table: pa.Table, ranker: Ranker) -> pa.Table:
+    """The ranking of the scored pairs of whole queries (pairs with a skip reason left out)."""
+    return ranker(table.filter(pc.is_null(table[SKIP_REASON])).drop_columns([SKIP_REASON]))
 
 
 def rank_pairs(cfg: JobConfig, scored: list[str], dest: str, fs: fsspec.AbstractFileSystem,
-               num_pairs: int) -> None:
+               num_pairs: int, by_file: bool) -> None:
     ranker = Ranker(
         model=cfg.reranker.model, top_k=cfg.rank.top_k, on_duplicate=cfg.input.on_duplicate,
         extra_columns=tuple(cfg.input.extra_columns),
     )
-    partitions = rank_partitions(num_pairs)
-    ds = ray.data.read_parquet(scored, filesystem=ray_filesystem(fs))
-    ds = ds.map_batches(_drop_skipped, batch_format="pyarrow")
-    ds = ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(
-        rank_queries, batch_format="pyarrow", fn_kwargs={"ranker": ranker}
-    )
-    ds.write_parquet(dest, filesystem=ray_filesystem(fs))
+    map_queries(scored, rank_valid, {"ranker": ranker}, dest, fs, num_pairs, by_file)
 
 
 def parquet_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:

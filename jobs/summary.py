@@ -45,6 +45,7 @@ class RunSummary:
     score_startup_s: float = 0.0  # score stage start -> first batch begins (actors up, models loaded)
     score_steady_pairs_per_s: float = 0.0  # pairs/s from the first batch's start to the last's end
     cached: int = 0  # pairs whose score came from the score cache
+    by_file: bool = False  # each query's pairs were in one input file: ranked file by file, no shuffle
     cache: str | None = None  # the score cache's namespace directory, when one is used
     cache_entries: int = 0  # pairs the cache held when the run started
     stages: list[dict] = field(default_factory=list)  # cascade: per stage model, backend, top_n, pairs, cached
@@ -92,7 +93,9 @@ class RunSummary:
             f"  speed     {rate:,.1f} pairs/s over the score stage ({score_s:.1f} s); "
             f"{self.score_steady_pairs_per_s:,.1f} pairs/s once the actors were up "
             f"({self.score_startup_s:.1f} s start-up)",
-            "  stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()),
+            "  stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+            + ("; ranked file by file (no query spans two input files)" if self.by_file else
+               "; ranked after a shuffle by query_id"),
             f"  output    {self.output} ({self.rows_out:,} rows in {self.files_out} file(s))",
         ]
         if self.cache:

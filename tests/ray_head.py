@@ -75,7 +75,7 @@ def ray_head(num_cpus: int = 2, resources: dict[str, float] | None = None) -> It
         # process group (start_new_session), so a SIGKILL to that group reaches only them.
         head.send_signal(signal.SIGTERM)
         try:
-            head.wait(timeout=15)
+            head.wait(timeout=5)  # (a throwaway cluster: no need to wait for a graceful stop)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=15)

@@ -70,3 +70,16 @@ def test_another_config_or_a_changed_input_file_gets_other_checkpoints(tmp_path:
     before = shard_id(fs, f)
     src.write_bytes(b"other content")
     assert shard_id(fs, f) != before
+
+
+def test_queries_disjoint_tells_whether_any_query_spans_two_shards(tmp_path: Path) -> None:
+    fs = fsspec.filesystem("file")
+    cp = Checkpoints(fs, str(tmp_path / "out"), "fp")
+    shards = {"s0": scored(0, ["a", "a", "b"], ["d1", "d2", "d1"], [1, 1, 1]),
+              "s1": scored(0, ["c", "d"], ["d1", "d1"], [1, 1]),
+              "s2": scored(0, ["e", "b"], ["d3", "d4"], [1, 1])}
+    for (sid, table), file in zip(shards.items(), files(3, 2, 2)):
+        cp.write(sid, file, table)
+    assert cp.queries_disjoint(["s0", "s1"]) and cp.queries_disjoint(["s1", "s2"])
+    assert not cp.queries_disjoint(["s0", "s1", "s2"])  # query b is in s0 and s2
+    assert cp.queries_disjoint([])

@@ -25,7 +25,11 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 CONFIG = REPO / "configs" / "distill_qwen3_8b_bge_m3.yaml"
 
 
-def test_two_teachers_label_the_sample_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_two_teachers_label_the_sample_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import jobs.stages
+
+    monkeypatch.setattr(jobs.stages, "ROWS_PER_RANK_PARTITION", 200)  # (3 partitions: a shuffle, as for a large night)
     for kind in ("qwen3", "xlmr"):
         subprocess.run([sys.executable, "-m", "tests.tiny_models", kind, str(tmp_path / f"tiny-{kind}")],
                        cwd=REPO, check=True)

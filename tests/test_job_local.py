@@ -71,7 +71,13 @@ def check_ranks(out: pa.Table) -> None:
 
 
 def test_every_pair_scored_once_ranked_and_passed_through(tmp_path: Path, tiny_bert_dir: str,
-                                                          capsys: pytest.CaptureFixture) -> None:
+                                                          capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the path of a large night: a query spread over three files, and 606 pairs in
+    7 rank partitions of 100, gathered by Ray Data's groupby(query_id) shuffle."""
+    import jobs.stages
+
+    monkeypatch.setattr(jobs.stages, "ROWS_PER_RANK_PARTITION", 100)
     in_dir, table = spread_input(tmp_path)
     cfg = job_config(tmp_path, in_dir, tiny_bert_dir,
                      input={"columns": {"query_id": "qid", "score": "bm25_score", "rank": "bm25_rank"},
@@ -108,6 +114,7 @@ def test_every_pair_scored_once_ranked_and_passed_through(tmp_path: Path, tiny_b
     assert "湍流" not in html and "identical" not in html  # ids and numbers, never texts
     report = json.loads((tmp_path / "out" / "_run_report.json").read_text())
     assert (report["pairs"], report["scored_now"], report["rows_out"], report["queries"]) == (606, 606, 606, 22)
+    assert report["by_file"] is False  # query 5 spans three files: ranked after a shuffle
     assert [f["rows"] for f in report["input_files"]] == [pq.ParquetFile(f).metadata.num_rows
                                                           for f in sorted(in_dir.glob("*.parquet"))]
     assert report["versions"]["ray"] == ray.__version__ and report["dtype"] == "float32"
@@ -143,6 +150,7 @@ def test_nested_layout_gives_the_same_scores_as_flat(tmp_path: Path, tiny_bert_d
     cfg = job_config(tmp_path, in_dir, tiny_bert_dir, input={"layout": "nested", "columns": {"score": "bm25"}})
     summary = run(load_config(write_config(tmp_path / "job.yaml", cfg)))
     assert (summary.pairs, summary.queries, summary.rows_out) == (600, 20, 600)
+    assert summary.by_file  # a nested row holds a whole query: ranked file by file, no shuffle
     out = read_output(tmp_path / "out")
     expected = reference_scores(tiny_bert_dir, flat.rename_columns(["qid", *flat.column_names[1:]]))
     got = {(q, d): s for q, d, s in zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist(),
