@@ -25,7 +25,7 @@ import json
 import posixpath
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import fsspec
 import numpy as np
@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from jobs.inputs import InputFile
 from jobs.schema import (
+    ATTENTION,
     BATCH_END,
     BATCH_START,
     DOC_ID,
@@ -75,6 +76,7 @@ class ShardEntry:
     sha256: str
     file: str  # the shard file's name
     cached: int = 0  # pairs whose score came from the score cache (summed over scorers)
+    attention: list[str] = field(default_factory=list)  # the attention paths the scorers ran
 
 
 class Checkpoints:
@@ -104,10 +106,12 @@ class Checkpoints:
     def write(self, sid: str, file: InputFile, table: pa.Table) -> ShardEntry:
         """Write one complete shard, then its manifest entry (the commit point)."""
         truncated = int(pc.sum(table[TRUNCATED]).as_py() or 0)
-        dtypes = sorted({d for v in pc.unique(table[DTYPE]).to_pylist() if v for d in v.split(",")})
+        dtypes, attention = (sorted({d for v in pc.unique(table[c]).to_pylist() if v for d in v.split(",")})
+                             if c in table.column_names else [] for c in (DTYPE, ATTENTION))
         hits = [c for c in table.column_names if c.startswith(HIT_PREFIX)]
         cached = sum(int(pc.sum(table[c]).as_py() or 0) for c in hits)
-        table = table.drop_columns([SHARD, UNITS, TRUNCATED, DTYPE, BATCH_START, BATCH_END, *hits])
+        internal = [SHARD, UNITS, TRUNCATED, DTYPE, ATTENTION, BATCH_START, BATCH_END, *hits]
+        table = table.drop_columns([c for c in internal if c in table.column_names])
         # Deterministic content whatever order the blocks arrived in.
         scores = [(c, "descending") for c in table.column_names if c == SCORE or c.startswith("score_")]
         table = table.take(pc.sort_indices(table, [(QUERY_ID, "ascending"), (DOC_ID, "ascending"), *scores]))
@@ -127,7 +131,8 @@ class Checkpoints:
         entry = ShardEntry(
             input=file.url, input_size=file.size, rows_in=file.num_rows, rows=len(table),
             skipped=len(table) - table[SKIP_REASON].null_count,
-            truncated=truncated, dtypes=dtypes, sha256=hashlib.sha256(data).hexdigest(), cached=cached,
+            truncated=truncated, dtypes=dtypes, attention=attention, sha256=hashlib.sha256(data).hexdigest(),
+            cached=cached,
             file=posixpath.basename(path),
         )
         self.fs.pipe_file(self._entry_path(sid), json.dumps(asdict(entry), indent=1).encode())

@@ -23,7 +23,8 @@ Figures file (benchmarks/figures.json; benchmarks/throughput.py may append rows)
       "date": "2026-11-23", "command": "benchmarks/throughput.py ...", "source": "...", "data": "..."}]}
 shape may add kv_heads, head_dim (GQA) and gated (SwiGLU MLP); data (the sample) is optional;
 device is torch.cuda.get_device_name(), or "CPU ..." for a CPU run. A row is chosen by
-GPU, then shape, contender ("ours", or "compiled" with --compiled), fast dtype, newest date.
+GPU, then shape, then contender ("job" - the whole job's steady state - before "ours", the
+bare scorer; "job compiled" before "compiled" with --compiled), fast dtype, newest date.
 """
 
 from __future__ import annotations
@@ -99,13 +100,14 @@ def load_figures(path: str) -> list[dict]:
     return rows
 
 
-def choose(rows: list[dict], shape: dict, gpu: str, contender: str) -> dict:
-    """The figure to scale from: on `gpu` if any, else on the GPU with the closest peak."""
-    rows = [r for r in rows if r["contender"] == contender and gpu_key(r["device"])]
+def choose(rows: list[dict], shape: dict, gpu: str, contenders: tuple[str, ...]) -> dict:
+    """The figure to scale from: on `gpu` if any, else on the GPU with the closest peak; of
+    the same shape if any; of the first of `contenders` that has one."""
+    rows = [r for r in rows if r["contender"] in contenders and gpu_key(r["device"])]
     here = [r for r in rows if gpu_key(r["device"]) == gpu]
     pool = here or ([] if gpu == "CPU" else [r for r in rows if GPUS[gpu_key(r["device"])][0]])
     if not pool:
-        raise ConfigError(f"--gpu {gpu}: no recorded figure for contender {contender!r} on {gpu}"
+        raise ConfigError(f"--gpu {gpu}: no recorded figure for {' or '.join(contenders)} on {gpu}"
                           + ("" if gpu == "CPU" else " or any GPU") + " to scale from; run benchmarks/throughput.py "
                           "there and add its rows to --figures")
     per_token = pair_flops(shape, 1)
@@ -114,13 +116,16 @@ def choose(rows: list[dict], shape: dict, gpu: str, contender: str) -> dict:
         peak = GPUS[gpu_key(r["device"])][0]
         return (0 if arch(r["shape"]) == arch(shape) else abs(math.log(pair_flops(r["shape"], 1) / per_token)),
                 abs(math.log(peak / GPUS[gpu][0])) if peak and GPUS[gpu][0] else 0,
-                r["dtype"] in ("float32", "fp32"), [-int(x) for x in str(r["date"]).split("-") if x.isdigit()])
+                contenders.index(r["contender"]), r["dtype"] in ("float32", "fp32"),
+                [-int(x) for x in str(r["date"]).split("-") if x.isdigit()])
     return min(pool, key=rank)
 
 
 def plan(pairs: float, tokens: float, model: str, shape: dict, gpu: str, price: float | None = None,
          workers: tuple[int, ...] = (1,), *, rows: list[dict], compiled: bool = False) -> dict:
-    fig = choose(rows, shape, gpu, "compiled" if compiled else "ours")
+    # The whole job's steady state where measured (reading, tokenizing and assembling
+    # included), else the bare scorer's.
+    fig = choose(rows, shape, gpu, ("job compiled", "compiled") if compiled else ("job", "ours"))
     src, fpp = gpu_key(fig["device"]), pair_flops(shape, tokens)
     achieved = fig["pairs_per_s"] * pair_flops(fig["shape"], fig["mean_tokens"])
     scaling, work = [], pair_flops(fig["shape"], fig["mean_tokens"]) / fpp
@@ -174,7 +179,9 @@ def render(p: dict) -> str:
               f"{f['contender']}: {f['pairs_per_s']:,} pairs/s at {f['mean_tokens']:g} mean tokens per pair; "
               f"{f['date']}; `{f['command']}`{data}; source: {f.get('source', '-')}"]
     lines += [f"scaling: {s['kind']} x{s['factor']:.4f}: {s['why']}" for s in p["scaling"]] or ["scaling: none"]
-    return "\n".join([*lines, "note: scorer steady state only; actor start-up, reading and ranking come on top"])
+    what = ("the job's steady state (score stage, actors up)" if f["contender"].startswith("job")
+            else "the bare scorer's steady state")
+    return "\n".join([*lines, f"note: {what}; actor start-up and ranking come on top"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,12 @@ from jobs.config import ActorConfig, RayConfig
 from jobs.errors import ConfigError
 from reranker_actors.faults import ENV as FAULTS_ENV
 
-# A Ray the job starts for itself stays on loopback with auth off (see RAY_NOTES.md).
-LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+# A Ray the job starts for itself stays on loopback with auth off (see RAY_NOTES.md). On one
+# machine, one actor reads the Parquet footers of a read_parquet: Ray Data's default is a pool of
+# 32 (for many files spread over a cluster's nodes), each a new worker process, which costs a
+# small machine seconds of CPU per read. (Setting any of these beforehand overrides it.)
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                 "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1"}
 
 
 @contextmanager
@@ -95,8 +99,11 @@ def actor_pool_args(actor: ActorConfig, constructor_kwargs: dict[str, Any]) -> d
     how often (actor.max_restarts, reranker_actors.restarts).
     """
     size = actor.pool_size
-    compute = (ray.data.ActorPoolStrategy(size=size.min) if size.min == size.max
-               else ray.data.ActorPoolStrategy(min_size=size.min, max_size=size.max))
+    # A GPU actor runs two calls at once: one prepares its batch (Arrow to text, tokens)
+    # while the other's forward passes keep the GPU busy, so the GPU never waits between calls.
+    overlap = dict(max_concurrent_calls_per_actor=2, enable_true_multi_threading=True) if actor.num_gpus else {}
+    compute = (ray.data.ActorPoolStrategy(size=size.min, **overlap) if size.min == size.max
+               else ray.data.ActorPoolStrategy(min_size=size.min, max_size=size.max, **overlap))
     return dict(compute=compute, batch_size=actor.batch_size, num_cpus=actor.num_cpus,
                 num_gpus=actor.num_gpus or None, resources=dict(actor.resources) or None,
                 # Passed even when empty: Ray Data then never fuses the read and normalize

@@ -2,6 +2,7 @@
 scoring actor reads and writes are the engine's (reranker_actors.columns)."""
 
 from reranker_actors.columns import (
+    ATTENTION,
     BATCH_END,
     BATCH_START,
     DOC,
@@ -20,7 +21,7 @@ from reranker_actors.columns import (
     cache_key_column,
 )
 
-__all__ = ["BATCH_END", "BATCH_START", "DOC", "DOC_ID", "DTYPE", "FIRST_STAGE_RANK", "FIRST_STAGE_SCORE",
+__all__ = ["ATTENTION", "BATCH_END", "BATCH_START", "DOC", "DOC_ID", "DTYPE", "FIRST_STAGE_RANK", "FIRST_STAGE_SCORE",
            "HIT_PREFIX", "INSTRUCTION", "KEY_PREFIX", "MODEL", "OUTPUT_COLUMNS", "QUERY", "QUERY_ID", "RANK",
            "SCORE", "SHARD", "SKIP_REASON", "TEXTS", "TRUNCATED", "UNITS", "cache_hit_column", "cache_key_column",
            "stage_rank", "stage_score"]

@@ -81,6 +81,10 @@ class Scored:
     def dtypes(self) -> list[str]:
         return sorted({d for e in self.entries for d in e.dtypes})
 
+    @property
+    def attention(self) -> list[str]:
+        return sorted({a for e in self.entries for a in e.attention})
+
 
 @dataclass(frozen=True)
 class Scorer:

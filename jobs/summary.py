@@ -48,6 +48,7 @@ class RunSummary:
     by_file: bool = False  # each query's pairs were in one input file: ranked file by file, no shuffle
     cache: str | None = None  # the score cache's namespace directory, when one is used
     cache_entries: int = 0  # pairs the cache held when the run started
+    attention: str = ""  # packed (padding-free) or padded, as the scoring actors ran it
     stages: list[dict] = field(default_factory=list)  # cascade: per stage model, backend, top_n, pairs, cached
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> mean metrics
@@ -89,7 +90,7 @@ class RunSummary:
             f"  queries   {self.queries:,}",
             f"  pairs     {self.pairs:,} read, {self.scored:,} scored ({self.scored_now:,} in this run), "
             f"{self.skipped:,} skipped, {self.truncated:,} truncated",
-            f"  model     {self.model} ({self.backend}, dtype {self.dtype})",
+            f"  model     {self.model} ({self.backend}, dtype {self.dtype}, {self.attention or 'padded'} attention)",
             f"  speed     {rate:,.1f} pairs/s over the score stage ({score_s:.1f} s); "
             f"{self.score_steady_pairs_per_s:,.1f} pairs/s once the actors were up "
             f"({self.score_startup_s:.1f} s start-up)",

@@ -15,6 +15,7 @@ import ray
 from reranker_actors.base import Scores
 from reranker_actors.cache_keys import CacheIndex, pair_keys
 from reranker_actors.columns import (
+    ATTENTION,
     BATCH_END,
     BATCH_START,
     DOC,
@@ -69,6 +70,21 @@ def _merge(table: pa.Table, name: str, new: pa.Array, combine: Callable[[Any, An
     return table.set_column(table.column_names.index(name), name, combine(table[name], new))
 
 
+def _process_start() -> float:
+    """When this process started (Linux), else now."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except (ImportError, OSError):
+        return time.time()
+
+
+def _join(old: pa.ChunkedArray, new: pa.Array) -> pa.Array:
+    """Comma-join two scorers' labels where they differ."""
+    return pc.if_else(pc.equal(old, new), old, pc.binary_join_element_wise(old, new, ","))
+
+
 class ScoreActor:
     """map_batches(ScoreActor, batch_format="pyarrow"): adds the score column (`score`,
     or a teacher's / stage's own), `_dtype`, `_truncated` and the batch's start and end
@@ -86,6 +102,7 @@ class ScoreActor:
                  max_restarts: int = 3) -> None:
         """`cache`: a CacheIndex, or an ObjectRef of one, or None. `max_restarts`: how often
         Ray may restart this actor after it died before it refuses to work."""
+        began = time.time()
         import torch
 
         torch.set_num_threads(threads)
@@ -97,8 +114,12 @@ class ScoreActor:
         try:
             check_restarts(reranker.get("model", ""), max_restarts)
             self.device = pick_device(expect_gpu)
+            imported = time.time()
             self.reranker = build_reranker(reranker, self.device)
             self.dtype = str(self.reranker.dtype).removeprefix("torch.")
+            print(f"batch-rerank actor: {reranker.get('model')!r} on {self.device} ({self.dtype}, "
+                  f"{self.reranker.attention} attention): process up {began - _process_start():.1f} s, "
+                  f"torch import {imported - began:.1f} s, model load {time.time() - imported:.1f} s", flush=True)
         except UserError as e:
             # Raised from __init__, Ray reports only "actor died" (and retries the load);
             # raised from the first call, the job shows this message and stops.
@@ -216,8 +237,8 @@ class ScoreActor:
             out = (out.append_column(cache_key_column(self.score_column), keys)
                    .append_column(cache_hit_column(self.score_column), pa.array(rows.hit)))
         # Chained scorers (distillation teachers) each add to these instead of replacing them.
-        out = _merge(out, DTYPE, pa.array([self.dtype] * n, pa.string()),
-                     lambda old, new: pc.if_else(pc.equal(old, new), old, pc.binary_join_element_wise(old, new, ",")))
+        out = _merge(out, DTYPE, pa.array([self.dtype] * n, pa.string()), _join)
+        out = _merge(out, ATTENTION, pa.array([self.reranker.attention] * n, pa.string()), _join)
         out = _merge(out, TRUNCATED, pa.array(rows.truncated), pc.or_)
         not_first = np.arange(n) > 0  # (the batch's times go on its first row only)
         out = _merge(out, BATCH_START, pa.array(np.full(n, started), mask=not_first),

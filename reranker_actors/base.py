@@ -123,6 +123,7 @@ class Reranker(ABC):
 
     config: RerankerConfig
     dtype: Any  # the resolved torch.dtype
+    attention: str = "padded"  # packed: padding-free batches (reranker_actors.packing)
 
     @classmethod
     def score_kind(cls, activation: str) -> ScoreKind:
@@ -132,6 +133,10 @@ class Reranker(ABC):
     def score_settings(cls, config: RerankerConfig) -> dict[str, Any]:
         """Every config value a score depends on (what checkpoints and caches are keyed by)."""
         return config.model_dump(exclude=set(cls.speed_only))
+
+    def warm_up(self) -> None:
+        """Pay one-off costs (compiling) now, at load, so that no batch waits for them."""
+        return None
 
     @abstractmethod
     def score(self, queries: Sequence[str], docs: Sequence[str],

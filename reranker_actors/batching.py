@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> Iterator[np.ndarray]:
@@ -26,18 +30,35 @@ def token_budget_batches(lengths: np.ndarray, max_tokens: int) -> Iterator[np.nd
 
 
 def host_slices(n: int, device: torch.device, parts: int = 8, min_rows: int = 256) -> list[slice]:
-    """Split a call's n rows so the host can prepare one part while the device runs the last.
+    """Split a call's n rows so the host can prepare one part while the device runs another.
 
-    CUDA kernels run asynchronously, so on CUDA the rows go in up to `parts` slices of at
-    least `min_rows` (each slice is length-bucketed on its own): while the GPU works through
-    one slice's forward passes the CPU tokenizes the next (docs/performance.md has the
-    gain). On the CPU there is nothing to overlap, and one slice buckets best.
+    On CUDA the rows go in up to `parts` slices of at least `min_rows` (each slice is
+    bucketed on its own), tokenized one slice ahead on a thread (see `ahead`). On the CPU
+    there is nothing to overlap, and one slice buckets best.
     """
     count = min(parts, n // min_rows) if device.type == "cuda" else 1
     if count <= 1:
         return [slice(0, n)]
     step = -(-n // count)
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def ahead(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+    """fn(item) for each item in order, the next one computed on a thread meanwhile.
+
+    The thread tokenizes while the caller launches GPU work: the fast tokenizer releases
+    the GIL, and a full CUDA launch queue blocks the caller until the GPU has nearly
+    caught up, so tokenizing on the caller's thread would leave the GPU idle.
+    """
+    if len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+        pending = pool.submit(fn, items[0])
+        for item in items[1:]:
+            done, pending = pending, pool.submit(fn, item)
+            yield done.result()
+        yield pending.result()
 
 
 def pad(seqs: list[list[int]], pad_value: int) -> np.ndarray:

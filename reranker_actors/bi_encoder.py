@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
-from reranker_actors.batching import token_budget_batches
+from reranker_actors.batching import to_device, token_budget_batches
 from reranker_actors.cross_encoder import MINILM_L6
 from reranker_actors.hf import HFReranker
 from reranker_actors.tokenization import Encoded
@@ -40,7 +40,7 @@ class BiEncoderReranker(HFReranker):
         import torch
         import torch.nn.functional as F
 
-        out = torch.empty(len(enc.ids), self.model.config.hidden_size, dtype=torch.float32)
+        out = torch.empty(len(enc.ids), self.model.config.hidden_size, dtype=torch.float32, device=self.device)
         for idx in token_budget_batches(enc.lengths, self.max_tokens):
             inputs = self.inputs(enc, idx)
             hidden = self.model(**inputs).last_hidden_state.float()
@@ -49,19 +49,18 @@ class BiEncoderReranker(HFReranker):
             else:
                 mask = inputs["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[torch.from_numpy(idx)] = F.normalize(pooled, dim=-1).cpu()
+            out[to_device(idx, self.device)] = F.normalize(pooled, dim=-1)  # (on the device: one sync per call)
         return out
 
     @inference_mode
     def score(self, queries: Sequence[str], docs: Sequence[str],
               instructions: Sequence[str | None] | None = None) -> Scores:
-        import torch
 
         unique = list(dict.fromkeys(queries))
         position = {q: i for i, q in enumerate(unique)}
         q_enc = self.encoder.encode_queries(unique)
         d_enc = self.encoder.encode_texts(docs, self.config.max_length)
-        which = torch.tensor([position[q] for q in queries], dtype=torch.long)
-        truncated = np.array(q_enc.cut, dtype=bool)[which.numpy()] | np.array(d_enc.cut, dtype=bool)
-        scores = (self._embed(q_enc)[which] * self._embed(d_enc)).sum(-1)
-        return Scores(activate(scores.numpy(), self.config.activation), truncated)
+        which = np.array([position[q] for q in queries], dtype=np.int64)
+        truncated = np.array(q_enc.cut, dtype=bool)[which] | np.array(d_enc.cut, dtype=bool)
+        scores = (self._embed(q_enc)[to_device(which, self.device)] * self._embed(d_enc)).sum(-1)
+        return Scores(activate(scores.cpu().numpy(), self.config.activation), truncated)

@@ -14,6 +14,7 @@ TEXTS = (QUERY, DOC, INSTRUCTION)
 # Written:
 SCORE = "score"  # the default score column; distillation teachers and cascade stages use their own
 DTYPE = "_dtype"  # the dtype the actor resolved (auto -> float16, ...); chained scorers join theirs
+ATTENTION = "_attention"  # the attention path the actor ran (packed or padded); chained scorers join theirs
 TRUNCATED = "_truncated"  # whether any scorer cut the pair's query or doc to fit max_length
 BATCH_START = "_batch_start"  # wall-clock time the actor began the batch, on its first row only
 BATCH_END = "_batch_end"  # wall-clock time the actor finished the batch, on its first row only

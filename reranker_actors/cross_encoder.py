@@ -6,15 +6,16 @@ Covers AutoModelForSequenceClassification with a single label: the BERT family
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
 from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
-from reranker_actors.batching import host_slices, token_budget_batches
+from reranker_actors.batching import ahead, host_slices, token_budget_batches
 from reranker_actors.errors import ModelError
 from reranker_actors.hf import HFReranker
+from reranker_actors.packing import packed_batches
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +45,19 @@ class CrossEncoderReranker(HFReranker):
                 "backend cross_encoder needs a single-logit reranker head (num_labels=1)"
             )
 
+    def can_pack(self) -> bool:
+        return classification_head(self.model) is not None
+
+    def _logits(self, enc: Any, idx: np.ndarray) -> torch.Tensor:
+        """Logits of rows `idx`, left on the device."""
+        if not self.packed:
+            return self.model(**self.inputs(enc, idx)).logits[:, 0]
+        packed = self.packed_inputs(enc, idx)
+        hidden = self.model.base_model(**packed.inputs).last_hidden_state[0]
+        head = classification_head(self.model)
+        assert head is not None
+        return head(hidden[packed.starts].unsqueeze(1))[:, 0]
+
     @inference_mode
     def score(self, queries: Sequence[str], docs: Sequence[str],
               instructions: Sequence[str | None] | None = None) -> Scores:
@@ -51,13 +65,33 @@ class CrossEncoderReranker(HFReranker):
 
         rows, logits = [], []  # logits stay on the device: the host never waits mid-call
         truncated = np.zeros(len(queries), dtype=bool)
-        for part in host_slices(len(queries), self.device):
-            enc = self.encoder.encode_pairs(queries[part], docs[part])
+        parts = host_slices(len(queries), self.device)
+        encoded = ahead(lambda part: self.encoder.encode_pairs(queries[part], docs[part]), parts)
+        for part, enc in zip(parts, encoded):
             truncated[part] = enc.cut
-            for idx in token_budget_batches(enc.lengths, self.max_tokens):
-                logits.append(self.model(**self.inputs(enc, idx)).logits[:, 0])
+            batches = packed_batches if self.packed else token_budget_batches
+            for idx in batches(enc.lengths, self.max_tokens):
+                logits.append(self._logits(enc, idx))
                 rows.append(idx + part.start)
         out = np.empty(len(queries), dtype=np.float32)
         if rows:
             out[np.concatenate(rows)] = torch.cat(logits).float().cpu().numpy()
         return Scores(activate(out, self.config.activation), truncated)
+
+
+def classification_head(model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The sequence-classification head of `model` as a function of the first token's hidden
+    state, shaped (n, 1, hidden), for the padding-free path; None for a head it doesn't know.
+
+    BERT: pooler (dense + tanh on the first token), dropout, linear. RoBERTa/XLM-R: a
+    classification head that reads the first token itself.
+    """
+    classifier = getattr(model, "classifier", None)
+    pooler = getattr(model.base_model, "pooler", None)
+    if classifier is None:
+        return None
+    if hasattr(classifier, "out_proj") and pooler is None:
+        return classifier
+    if pooler is not None and hasattr(model, "dropout") and hasattr(classifier, "weight"):
+        return lambda first: classifier(model.dropout(pooler(first)))
+    return None

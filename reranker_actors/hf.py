@@ -13,6 +13,7 @@ from reranker_actors.batching import model_inputs
 from reranker_actors.device import resolve_dtype
 from reranker_actors.errors import ModelError
 from reranker_actors.model_cache import is_remote, local_copy
+from reranker_actors.packing import Packed, pack, packed_available, use_packed_attention
 from reranker_actors.tokenization import Encoded, TextEncoder
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ def load_pretrained(config: RerankerConfig, auto_class: Any, device: torch.devic
     if not config.allow_pickle_weights:
         refuse_pickle_only(config.model, source)
     trust = config.trust_remote_code
+    if device.type == "cuda":  # weights go straight to the GPU: no full copy in host memory (an 8B is 16 GB)
+        kwargs.setdefault("device_map", str(device))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision, trust_remote_code=trust)
         model = auto_class.from_pretrained(
@@ -100,10 +103,13 @@ def position_limit(model: Any) -> int | None:
     """Tokens the model can take: max_position_embeddings, less RoBERTa/XLM-R's offset
     (their positions start after the padding index: 514 -> 512 usable)."""
     limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is None:
-        return None
+    return None if limit is None else limit - position_start(model)
+
+
+def position_start(model: Any) -> int:
+    """The position id of a sequence's first token: RoBERTa/XLM-R count from padding_idx + 1."""
     padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
-    return limit - (padding_idx + 1) if padding_idx is not None else limit
+    return padding_idx + 1 if padding_idx is not None else 0
 
 
 class HFReranker(Reranker):
@@ -124,16 +130,35 @@ class HFReranker(Reranker):
         self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
         self.encoder = self.make_encoder(tokenizer)
         self.max_tokens = config.token_budget(device)
-        if config.compile:
-            import torch
-
-            self.model = torch.compile(self.model, dynamic=True)
+        self.packed = False
+        if packed_available(device, self.dtype) and self.can_pack():
+            self.use_packing()
+        if config.compile:  # (in place: the padded and the packed path both run the compiled body)
+            self.model.base_model.compile(dynamic=True)
         limit = position_limit(self.model)
         if limit is not None and config.max_length > limit:
             raise ModelError(
                 f"reranker.max_length {config.max_length} exceeds what model {config.model!r} supports "
                 f"({limit} positions); set reranker.max_length to at most {limit}"
             )
+
+    def warm_up(self) -> None:
+        if self.config.compile:  # (two pairs of different lengths: dynamic shapes from the start)
+            self.score(["warm-up query", "a second warm-up query"], ["a short document", "a longer document " * 16])
+
+    @property
+    def attention(self) -> str:
+        """Which attention path runs: packed (padding-free, varlen) or padded (SDPA with a mask)."""
+        return "packed" if self.packed else "padded"
+
+    def can_pack(self) -> bool:
+        """Whether this family can run padding-free batches of this model."""
+        return False
+
+    def use_packing(self) -> None:
+        """Run padding-free from now on (chosen automatically on CUDA; tests force it on CPU)."""
+        use_packed_attention(self.model)
+        self.packed = True
 
     def make_encoder(self, tokenizer: Any) -> Any:
         """Text -> token ids for this family; pair encoders by default."""
@@ -143,3 +168,8 @@ class HFReranker(Reranker):
         """Model inputs for rows `idx` of `enc`, padded and on the device."""
         types = enc.type_ids if self.with_type_ids else None
         return model_inputs(enc.ids, types, idx, self.pad_id, self.device)
+
+    def packed_inputs(self, enc: Encoded, idx: np.ndarray) -> Packed:
+        """Rows `idx` of `enc` packed into one padding-free row on the device."""
+        types = [enc.type_ids[i] for i in idx] if self.with_type_ids else None
+        return pack([enc.ids[i] for i in idx], self.device, position_start(self.model), types)

@@ -8,9 +8,14 @@ template and token strings; `negative_token: null` scores by the yes logit alone
 Efficiency, with the same numbers as the card's code:
   - only the last position's hidden state is used, multiplied by the two LM-head rows
     for yes/no; the full-vocabulary logits are never computed;
-  - length-bucketed batches under a token budget, padded to the longest in the bucket;
-  - the tokens that all candidates of a query share (system prompt, instruction, query)
-    are run once; their KV cache is reused for every candidate's remaining tokens.
+  - batches under a token budget that mix queries: on CUDA with a varlen kernel packed
+    without padding (reranker_actors.packing), elsewhere length-bucketed and padded to
+    the longest in the bucket;
+  - on the CPU, the tokens that all candidates of a query share (system prompt,
+    instruction, query) are run once and their KV cache is reused for every candidate's
+    remaining tokens. On a GPU recomputing them in packed batches is faster (the cache
+    copies per candidate cost more than the recomputed FLOPs: docs/performance.md);
+  - the device is synchronised once per call, not per batch.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
-from reranker_actors.batching import pad, to_device, token_budget_batches
+from reranker_actors.batching import ahead, host_slices, pad, to_device, token_budget_batches
 from reranker_actors.errors import ModelError
 from reranker_actors.hf import HFReranker
+from reranker_actors.packing import pack, packed_batches
 from reranker_actors.prompts import PromptBatch, PromptEncoder
 
 if TYPE_CHECKING:
@@ -90,7 +96,6 @@ class LLMYesNoReranker(HFReranker):
     auto_class = "AutoModelForCausalLM"
     raw_score = "logit"  # logit(yes) - logit(no)
     takes_instruction = True
-    supports_compile = False  # (its prefix-cache path calls the decoder directly)
     known_models: ClassVar[dict[str, dict[str, Any]]] = {
         "Qwen/Qwen3-Reranker-0.6B": QWEN3 | dict(layers=28, hidden=1024, intermediate=3072, heads=16, params=0.6e9),
         "Qwen/Qwen3-Reranker-4B": QWEN3 | dict(layers=36, hidden=2560, intermediate=9728, heads=32, params=4.0e9),
@@ -108,6 +113,9 @@ class LLMYesNoReranker(HFReranker):
         # The two LM-head rows that matter, as a (hidden, 1 or 2) matrix in float32.
         self.head = self.model.get_output_embeddings().weight[ids].detach().float().T.contiguous()
         self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
+
+    def can_pack(self) -> bool:
+        return not getattr(self.model.config, "use_sliding_window", False)
 
     def make_encoder(self, tokenizer: Any) -> PromptEncoder:
         c = self.config
@@ -135,7 +143,7 @@ class LLMYesNoReranker(HFReranker):
         lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
         mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
         positions = np.broadcast_to(offset + np.arange(ids.shape[1]), ids.shape).copy()
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"use_cache": False}
         if cache is not None:
             rows = len(seqs)
             mask = np.concatenate([np.ones((rows, offset), dtype=np.int64), mask], axis=1)
@@ -143,10 +151,17 @@ class LLMYesNoReranker(HFReranker):
                                                        for k, v in cache]), "use_cache": True}
         out = self.decoder(input_ids=to_device(ids, self.device), attention_mask=to_device(mask, self.device),
                            position_ids=to_device(positions, self.device), **kwargs)
-        last = torch.from_numpy(lengths - 1).to(self.device)
+        last = to_device(lengths - 1, self.device)  # (pinned: a pageable copy would wait for the GPU)
         return self._last_logits(out.last_hidden_state[torch.arange(len(seqs), device=self.device), last])
 
-    def _score_shared(self, batch: PromptBatch, rows: np.ndarray, shared: int, out: np.ndarray) -> None:
+    def _run_packed(self, seqs: list[list[int]]) -> torch.Tensor:
+        """Logits of the last token of each sequence, run padding-free in one packed row."""
+        packed = pack(seqs, self.device)
+        out = self.decoder(**packed.inputs, use_cache=False)
+        return self._last_logits(out.last_hidden_state[0, packed.last])
+
+    def _score_shared(self, batch: PromptBatch, rows: np.ndarray, shared: int,
+                      done: list[tuple[np.ndarray, torch.Tensor]], offset: int) -> None:
         """Run the group's common prefix once, then every candidate's remaining tokens on its cache."""
         from transformers import DynamicCache
 
@@ -157,26 +172,45 @@ class LLMYesNoReranker(HFReranker):
         rests = [batch.ids[k][shared:] for k in rows]
         lengths = np.fromiter((shared + len(r) for r in rests), dtype=np.int64, count=len(rests))
         for idx in token_budget_batches(lengths, self.max_tokens):
-            out[rows[idx]] = self._run([rests[i] for i in idx], shared, cache).cpu().numpy()
+            done.append((rows[idx] + offset, self._run([rests[i] for i in idx], shared, cache)))
 
     @inference_mode
     def logits(self, queries: Sequence[str], docs: Sequence[str],
-               instructions: Sequence[str | None] | None = None, share_prefix: bool = True
+               instructions: Sequence[str | None] | None = None, share_prefix: bool | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """(n, 2) logits of [yes, no] (or (n, 1) of yes) at each prompt's last position, and
-        whether each prompt's body was cut to fit max_length."""
-        batch = self.encoder.encode(queries, docs, instructions)
-        out = np.empty((len(batch.ids), self.head.shape[1]), dtype=np.float32)
+        whether each prompt's body was cut to fit max_length. `share_prefix`: run a query's
+        common prefix once (default: on the CPU, where it pays; never with packing)."""
+        import torch
+
+        share = (self.device.type == "cpu" if share_prefix is None else share_prefix) and not self.packed
+        done: list[tuple[np.ndarray, torch.Tensor]] = []  # (rows, logits left on the device)
+        cut = np.zeros(len(queries), dtype=bool)
+        parts = host_slices(len(queries), self.device)
+        encoded = ahead(lambda p: self.encoder.encode(queries[p], docs[p], instructions[p] if instructions else None),
+                        parts)
+        for part, batch in zip(parts, encoded):
+            cut[part] = batch.cut
+            self._enqueue(batch, share, done, part.start)
+        out = np.empty((len(queries), self.head.shape[1]), dtype=np.float32)
+        if done:
+            out[np.concatenate([rows for rows, _ in done])] = torch.cat([t for _, t in done]).cpu().numpy()
+        return out, cut
+
+    def _enqueue(self, batch: PromptBatch, share: bool, done: list[tuple[np.ndarray, torch.Tensor]],
+                 offset: int) -> None:
+        """Launch the forward passes of one encoded slice; `offset`: its first row in the call."""
         alone = []
         for group in batch.groups:
-            if share_prefix and group.shared > 0:
-                self._score_shared(batch, group.rows, group.shared, out)
+            if share and group.shared > 0:
+                self._score_shared(batch, group.rows, group.shared, done, offset)
             else:
                 alone += group.rows.tolist()
         alone_rows = np.array(alone, dtype=np.int64)
-        for idx in token_budget_batches(batch.lengths[alone_rows], self.max_tokens):
-            out[alone_rows[idx]] = self._run([batch.ids[k] for k in alone_rows[idx]]).cpu().numpy()
-        return out, np.array(batch.cut, dtype=bool)
+        batches = packed_batches if self.packed else token_budget_batches
+        run = self._run_packed if self.packed else self._run
+        for idx in batches(batch.lengths[alone_rows], self.max_tokens):
+            done.append((alone_rows[idx] + offset, run([batch.ids[k] for k in alone_rows[idx]])))
 
     def score(self, queries: Sequence[str], docs: Sequence[str],
               instructions: Sequence[str | None] | None = None) -> Scores:

@@ -67,11 +67,13 @@ def backends_that(capability: str) -> list[str]:
 
 
 def build_reranker(config: RerankerConfig | dict[str, Any], device: torch.device) -> Reranker:
-    """Instantiate the family named by config.backend (a config object or a plain dict)."""
+    """Instantiate the family named by config.backend (a config object or a plain dict), warmed up."""
     config = typed_config(config)
     if problems := unsupported(config):
         raise ConfigError("; ".join(f"reranker.{p}" for p in problems))
-    return family(config.backend)(config, device)
+    reranker = family(config.backend)(config, device)
+    reranker.warm_up()
+    return reranker
 
 
 def known_models() -> dict[str, dict[str, Any]]:

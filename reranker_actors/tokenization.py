@@ -123,10 +123,11 @@ class TextEncoder:
         q_body, q_cut = self._encode_capped(unique, self.query_cap)
         q_of = dict(zip(unique, zip(q_body, q_cut)))
         room = self.max_length - t.num_special
-        d_body, d_cut = self._encode_capped(docs, room)
+        unique_docs = list(dict.fromkeys(docs))  # (a document is often a candidate of several queries)
+        d_of = dict(zip(unique_docs, zip(*self._encode_capped(unique_docs, room))))
         ids, types, cut = [], [], []
-        for query, d, d_was_cut in zip(queries, d_body, d_cut):
-            q, q_was_cut = q_of[query]
+        for query, doc in zip(queries, docs):
+            (q, q_was_cut), (d, d_was_cut) = q_of[query], d_of[doc]
             d_room = room - len(q)
             cut.append(q_was_cut or d_was_cut or len(d) > d_room)
             d = d[:d_room]

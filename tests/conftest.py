@@ -11,6 +11,10 @@ Both Ray tiers use the session's one cluster, started with `ray start --head` on
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +61,65 @@ def minilm_dir() -> str:
     return tiny_models.minilm_dir()
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tiny_models.build_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+class TinyModelBuilds:
+    """The tiny models (tests/tiny_models.py), each built once per session by the command the
+    shipped configs' headers document, `python -m tests.tiny_models <kind> <dir>`; the three
+    builds start together when the first is needed and run beside the tests."""
+
+    KINDS = ("bert", "xlmr", "qwen3")
+
+    def __init__(self, root: Path) -> None:
+        self.dirs = {kind: root / f"tiny-{kind}" for kind in self.KINDS}
+        self.procs = {kind: subprocess.Popen([sys.executable, "-m", "tests.tiny_models", kind, str(path)],
+                                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                      for kind, path in self.dirs.items()}
+
+    def __call__(self, kind: str) -> Path:
+        """The directory the command wrote (after checking that it succeeded)."""
+        proc = self.procs[kind]
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"python -m tests.tiny_models {kind} failed:\n{out[-4000:]}"
+        return self.dirs[kind]
+
+    def place(self, kind: str, dest: Path) -> Path:
+        """The model at `dest` (a path a config header names): the session's build, hard-linked."""
+        shutil.copytree(self(kind), dest, copy_function=_link_or_copy)
+        return dest
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 @pytest.fixture(scope="session")
-def tiny_xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tiny_models.build_tiny_xlmr(tmp_path_factory.mktemp("tiny-xlmr")))
+def tiny_models_built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyModelBuilds]:
+    builds = TinyModelBuilds(tmp_path_factory.mktemp("tiny-models"))
+    yield builds
+    builds.close()
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tiny_models.build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3")))
+def tiny_bert_dir(tiny_models_built: TinyModelBuilds) -> str:
+    return str(tiny_models_built("bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_dir(tiny_models_built: TinyModelBuilds) -> str:
+    return str(tiny_models_built("xlmr"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tiny_models_built: TinyModelBuilds) -> str:
+    return str(tiny_models_built("qwen3"))
 
 
 @pytest.fixture(scope="session")

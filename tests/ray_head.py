@@ -47,6 +47,10 @@ def ray_head(num_cpus: int = 2, resources: dict[str, float] | None = None) -> It
     env = os.environ | {
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in the job = this venv's
+        # Every read_parquet lists its files through a pool of footer-reading actors, 32 by
+        # default: each one a new worker process, which on 2 cores costs seconds per read. One
+        # reads the few local footers of a test as well (the workers inherit this from the head).
+        "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
     }
     env.pop("RAY_ADDRESS", None)
     log = open(Path(temp) / "head.log", "w")
@@ -68,17 +72,14 @@ def ray_head(num_cpus: int = 2, resources: dict[str, float] | None = None) -> It
             except OSError:
                 if head.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"ray head did not start; see {temp}/head.log") from None
-                time.sleep(1)
+                time.sleep(0.2)
         yield RayHead(address, f"127.0.0.1:{gcs}", env)
     finally:
-        # `ray start --block` stops its own processes on SIGTERM; they all share its
-        # process group (start_new_session), so a SIGKILL to that group reaches only them.
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=5)  # (a throwaway cluster: no need to wait for a graceful stop)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=15)
+        # A throwaway cluster: no graceful stop (`ray start --block` takes over 5 s to stop on
+        # SIGTERM). Its processes share its process group (start_new_session), so a SIGKILL to
+        # that group reaches only them; workers in sessions of their own exit with their raylet.
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=15)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
 

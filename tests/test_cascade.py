@@ -7,15 +7,13 @@ asked for a `fake_gpu`."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import torch
 
 from reranker_actors.registry import build_reranker
-from tests.conftest import FAKE_GPU, REPO, header_command, sample_pairs
+from tests.conftest import FAKE_GPU, REPO, TinyModelBuilds, header_command, sample_pairs
 from tests.ray_head import RayHead, driver, finish
 
 CONFIG = REPO / "configs" / "cascade_minilm_bge_m3.yaml"
@@ -29,11 +27,11 @@ def scores(model: str, rows: list[dict]) -> dict[tuple[str, str], float]:
     return {(r["query_id"], r["doc_id"]): s for r, s in zip(rows, out.tolist())}
 
 
-def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHead, tmp_path: Path) -> None:
+def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHead, tmp_path: Path,
+                                                                 tiny_models_built: TinyModelBuilds) -> None:
     tiny_bert_dir, tiny_xlmr_dir = str(tmp_path / "tiny-bert"), str(tmp_path / "tiny-xlmr")
-    for kind in ("bert", "xlmr"):
-        subprocess.run([sys.executable, "-m", "tests.tiny_models", kind, str(tmp_path / f"tiny-{kind}")],
-                       cwd=REPO, check=True)
+    for kind in ("bert", "xlmr"):  # (built by the header's `python -m tests.tiny_models <kind> <dir>`)
+        tiny_models_built.place(kind, tmp_path / f"tiny-{kind}")
     overrides = header_command(CONFIG, "jobs.rerank", tmp_path)
     assert f"cascade.0.reranker.model={tiny_xlmr_dir}" in overrides
     given = tmp_path / "resources.jsonl"

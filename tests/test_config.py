@@ -122,6 +122,15 @@ def test_family_options_belong_to_their_family(tmp_path: Path) -> None:
         load_config(path, ["reranker.pooling=cls"])
     assert str(e.value) == (f"config {path}: reranker.pooling: unknown key for backend cross_encoder (only "
                             "bi_encoder take it); drop it from the config when switching backends")
+    assert load_config(path, ["reranker.backend=llm_yes_no", "reranker.compile=true"]).reranker.compile
+
+
+def test_compile_is_refused_for_a_family_that_runs_uncompiled(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from reranker_actors.llm_yes_no import LLMYesNoReranker
+
+    monkeypatch.setattr(LLMYesNoReranker, "supports_compile", False)
+    path = write_config(tmp_path / "c.yaml", base())
     with pytest.raises(ConfigError, match=r"reranker.compile: backend llm_yes_no runs uncompiled; drop the key"):
         load_config(path, ["reranker.backend=llm_yes_no", "reranker.compile=true"])
 
@@ -210,8 +219,7 @@ def test_distillation_teachers_record_raw_scores_under_unique_names(tmp_path: Pa
 
 RERANK_CONFIGS = [p for p in SHIPPED if "python -m jobs.rerank" in p.read_text()]
 # The shipped settings another backend cannot take (the rest of the 21 combinations run).
-DROPS = {("msmarco_minilm_cpu.yaml", "llm_yes_no"): "reranker.compile",
-         ("qwen3_custom_instruction.yaml", "cross_encoder"): "reranker.instruction",
+DROPS = {("qwen3_custom_instruction.yaml", "cross_encoder"): "reranker.instruction",
          ("qwen3_custom_instruction.yaml", "bi_encoder"): "reranker.instruction"}
 
 

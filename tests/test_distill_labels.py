@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +17,20 @@ import torch
 from jobs.distill_labels import main
 from jobs.labels import LabelsConfig, Teacher, label_queries
 from reranker_actors.registry import build_reranker
-from tests.conftest import REPO, header_command, sample_pairs
+from tests.conftest import REPO, TinyModelBuilds, header_command, sample_pairs
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 CONFIG = REPO / "configs" / "distill_qwen3_8b_bge_m3.yaml"
 
 
 def test_two_teachers_label_the_sample_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       tiny_models_built: TinyModelBuilds) -> None:
     import jobs.stages
 
     monkeypatch.setattr(jobs.stages, "ROWS_PER_RANK_PARTITION", 200)  # (3 partitions: a shuffle, as for a large night)
-    for kind in ("qwen3", "xlmr"):
-        subprocess.run([sys.executable, "-m", "tests.tiny_models", kind, str(tmp_path / f"tiny-{kind}")],
-                       cwd=REPO, check=True)
+    for kind in ("qwen3", "xlmr"):  # (built by the header's `python -m tests.tiny_models <kind> <dir>`)
+        tiny_models_built.place(kind, tmp_path / f"tiny-{kind}")
     overrides = header_command(CONFIG, "jobs.distill_labels", tmp_path)
     assert f"input.path={REPO}/samples/cranfield/candidates" in overrides
     assert f"teachers.1.reranker.model={tmp_path}/tiny-xlmr" in overrides

@@ -18,7 +18,7 @@ from jobs.config import load_config
 from jobs.errors import ConfigError, InputError
 from jobs.rerank import main, run
 from reranker_actors.registry import build_reranker
-from tests.conftest import job_config, published, sample_pairs, write_config, write_shards
+from tests.conftest import TinyModelBuilds, job_config, published, sample_pairs, write_config, write_shards
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -232,22 +232,19 @@ def test_a_gpu_pool_on_a_cluster_without_gpus_times_out_clearly(tmp_path: Path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_qwen3_config_runs_with_the_documented_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_qwen3_config_runs_with_the_documented_tiny_model(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                         tiny_models_built: TinyModelBuilds) -> None:
     """configs/qwen3_custom_instruction.yaml on the bundled sample, with the model its header
-    says to build (`python -m tests.tiny_models qwen3 <dir>`)."""
-    import subprocess
-    import sys
-
+    says to build (`python -m tests.tiny_models qwen3 <dir>`, run by tiny_models_built)."""
     from tests.conftest import REPO
 
-    model = tmp_path / "tiny-qwen3"
-    subprocess.run([sys.executable, "-m", "tests.tiny_models", "qwen3", str(model)], cwd=REPO, check=True)
+    model = tiny_models_built.place("qwen3", tmp_path / "tiny-qwen3")
     code = main(["--config", str(REPO / "configs" / "qwen3_custom_instruction.yaml"), f"reranker.model={model}",
                  f"input.path={REPO / 'samples/cranfield/candidates'}", f"output.path={tmp_path / 'out'}",
                  f"eval.qrels={REPO / 'samples/cranfield/qrels.parquet'}", "reranker.dtype=float32"])
     assert code == 0
     summary = capsys.readouterr().out
-    assert "600 read, 600 scored" in summary and "(llm_yes_no, dtype float32)" in summary
+    assert "600 read, 600 scored" in summary and "(llm_yes_no, dtype float32, padded attention)" in summary
     out = read_output(tmp_path / "out")
     assert out.num_rows == 600 and len(set(out["query_id"].to_pylist())) == 20
     scores = np.array(out["score"].to_pylist())

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reranker_actors.errors import ConfigError, ModelError
+from reranker_actors.errors import ModelError
 from reranker_actors.llm_yes_no import LLMYesNoConfig
 from reranker_actors.registry import build_reranker
 from tests.conftest import sample_pairs
@@ -48,8 +48,8 @@ class CardReference:
                           max_length=self.max_length - len(self.prefix_tokens) - len(self.suffix_tokens))
         inputs["input_ids"] = [self.prefix_tokens + ids + self.suffix_tokens for ids in inputs["input_ids"]]
         padded = self.tok.pad(inputs, padding=True, return_tensors="pt").to(self.model.device)
-        with torch.no_grad():
-            return self.model(**padded).logits[:, -1, :]
+        with torch.no_grad():  # (logits_to_keep=1: the card's logits[:, -1, :] without the other positions')
+            return self.model(**padded, logits_to_keep=1).logits[:, -1, :]
 
     def scores(self, queries: list[str], docs: list[str], instructions: list[str | None]) -> np.ndarray:
         texts = [self.format_instruction(i, q, d) for i, q, d in zip(instructions, queries, docs)]
@@ -134,8 +134,6 @@ def test_template_and_token_errors(tiny_qwen3_dir: str) -> None:
         LLMYesNoConfig(model="m", body="<Query>: {query}")
     with pytest.raises(ValueError, match="query_max_length does not apply"):
         LLMYesNoConfig(model="m", query_max_length=10)
-    with pytest.raises(ConfigError, match=r"reranker\.compile: backend llm_yes_no runs uncompiled; drop the key"):
-        build_reranker({"backend": "llm_yes_no", "model": tiny_qwen3_dir, "compile": True}, CPU)
     with pytest.raises(ModelError, match="positive_token 'definitely' is not a token"):
         build_reranker({"backend": "llm_yes_no", "model": tiny_qwen3_dir, "positive_token": "definitely"}, CPU)
     with pytest.raises(ModelError, match="leaves no room for the prompt body"):

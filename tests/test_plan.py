@@ -120,6 +120,16 @@ def test_ours_is_preferred_over_compiled_unless_asked_and_a_figure_on_the_gpu_wi
     assert l4["pairs_per_s_per_gpu"] == pytest.approx(60.0) and l4["estimate"] is False
 
 
+def test_the_jobs_own_figure_is_preferred_over_the_bare_scorers(capsys, figures) -> None:
+    path = figures(row(pairs_per_s=500.0), row(contender="job", pairs_per_s=430.0),
+                   row(contender="compiled", pairs_per_s=700.0))
+    assert plan_json(capsys, path)["pairs_per_s_per_gpu"] == pytest.approx(430.0)
+    assert plan_json(capsys, path, "--compiled")["figure"]["contender"] == "compiled"  # (no "job compiled")
+    code, out, _ = run(capsys, "--pairs", "1e9", "--mean-tokens", "200", "--model", "BAAI/bge-reranker-v2-m3",
+                       "--gpu", "H100", "--figures", path)
+    assert code == 0 and "note: the job's steady state (score stage, actors up)" in out
+
+
 def test_cpu_uses_only_cpu_figures(capsys, figures) -> None:
     code, _, err = run(capsys, "--pairs", "1e6", "--mean-tokens", "200", "--model", "all-MiniLM-L6-v2",
                        "--gpu", "cpu", "--figures", figures(row()))
@@ -177,16 +187,21 @@ def test_the_seeded_figures_give_a_self_consistent_plan_for_bge_m3_on_l4_and_h10
                               "--figures", str(REPO / "benchmarks" / "figures.json")],
                              cwd=REPO, capture_output=True, text=True, check=True).stdout
         return json.loads(out)
-    h100, l4 = cli("H100"), cli("L4")
-    for p in (h100, l4):
+    h100, h200, l4 = cli("H100"), cli("H200"), cli("L4")
+    def key(p: dict) -> tuple:
+        return p["figure"]["model"], p["figure"]["device"], p["figure"]["contender"], p["figure"]["dtype"]
+    assert key(h100) == ("xlmr-large", H100, "ours", "float16")  # (no job figure on the H100)
+    assert key(h200) == ("xlmr-large", "NVIDIA H200", "job", "float16")
+    assert l4["figure"] == h200["figure"]  # (H100 and H200 have the same peak: the job's own figure wins)
+    for p in (h100, h200, l4):
         fig = p["figure"]
-        assert (fig["model"], fig["device"], fig["contender"], fig["dtype"]) == ("xlmr-large", H100, "ours", "float16")
         assert fig["mean_tokens"] == pytest.approx(fig["real_tokens_per_s"] / fig["pairs_per_s"], abs=0.05)
         assert p["gpu_hours"] * p["pairs_per_s_per_gpu"] * 3600 == pytest.approx(1e9)
         assert p["workers"][1]["wall_hours"] == pytest.approx(p["gpu_hours"] / 8)
     # 300 tokens instead of the recorded 395.6: FLOPs per pair fall by more than the length (attention is n²),
     # by less than its square
+    fig = h100["figure"]
     ratio = fig["mean_tokens"] / 300
     assert fig["pairs_per_s"] * ratio < h100["pairs_per_s_per_gpu"] < fig["pairs_per_s"] * ratio**2
-    assert l4["pairs_per_s_per_gpu"] == pytest.approx(h100["pairs_per_s_per_gpu"] * 121 / 989)
-    assert h100["estimate"] is False and l4["estimate"] is True
+    assert l4["pairs_per_s_per_gpu"] == pytest.approx(h200["pairs_per_s_per_gpu"] * 121 / 989)
+    assert h100["estimate"] is False and h200["estimate"] is False and l4["estimate"] is True

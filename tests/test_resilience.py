@@ -68,7 +68,8 @@ def test_a_driver_killed_mid_run_resumes_exactly_once(ray_head: RayHead, tmp_pat
                                                        tiny_bert_dir: str) -> None:
     config, table = setup_job(tmp_path, tiny_bert_dir)
     first_count, second_count = tmp_path / "scored-1", tmp_path / "scored-2"
-    proc = driver(ray_head, config, {"sleep_per_batch": 1.0, "count_file": str(first_count)})
+    # (slowed down so the kill lands mid-run: after 2 shards, the other 4 take 16 batches x 0.5 s)
+    proc = driver(ray_head, config, {"sleep_per_batch": 0.5, "count_file": str(first_count)})
     manifest = tmp_path / "out" / "_checkpoints"
     deadline = time.time() + 300
     while len(list(manifest.glob("*/manifest/*.json"))) < 2:
