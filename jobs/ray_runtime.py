@@ -12,6 +12,7 @@ import ray
 import ray.data
 import ray.exceptions
 from fsspec.implementations.local import LocalFileSystem
+from ray.util.placement_group import placement_group, remove_placement_group
 
 from jobs.config import ActorConfig, RayConfig
 from jobs.errors import ConfigError
@@ -77,19 +78,35 @@ def check_pool_fits(actors: list[ActorConfig]) -> None:
 
 @contextmanager
 def actor_pool_deadline(actors: list[ActorConfig]) -> Iterator[None]:
-    """Fail, instead of waiting forever, when a pool's first actors cannot be placed
-    within actor.start_timeout_s (e.g. num_gpus on a cluster without GPUs)."""
-    ray.data.DataContext.get_current().wait_for_min_actors_s = max(a.start_timeout_s for a in actors)
+    """Fail, instead of waiting forever, when the first actors of the pools that run together
+    cannot be placed within actor.start_timeout_s (e.g. num_gpus on a cluster without GPUs).
+
+    The check places a placement group that holds what those actors ask for (no process
+    starts for it), then removes it. The pools then start without Ray Data waiting for their
+    actors, so the models load while the input is listed, read and normalized, not before."""
+    timeout = max(a.start_timeout_s for a in actors)
+    wanted = [a for a in actors for _ in range(a.pool_size.min)]
+    selectors = [dict(a.label_selector) for a in wanted]
+    pg = placement_group([_bundle(a) for a in wanted], strategy="PACK",
+                         bundle_label_selector=selectors if any(selectors) else None)
     try:
-        yield
+        ray.get(pg.ready(), timeout=timeout)
     except ray.exceptions.GetTimeoutError as e:
         wants = "; ".join(f"num_cpus={a.num_cpus}, num_gpus={a.num_gpus}, resources={dict(a.resources)}"
                           for a in actors)
         raise ConfigError(
-            f"an actor pool did not start within actor.start_timeout_s "
-            f"({max(a.start_timeout_s for a in actors):g} s): no node offers what one actor asks for "
-            f"({wants}); cluster has {ray.cluster_resources()}"
+            f"an actor pool did not start within actor.start_timeout_s ({timeout:g} s): no node offers "
+            f"what one actor asks for ({wants}); cluster has {ray.cluster_resources()}"
         ) from e
+    finally:
+        remove_placement_group(pg)
+    ray.data.DataContext.get_current().wait_for_min_actors_s = -1  # (start the pools, don't wait for them)
+    yield
+
+
+def _bundle(actor: ActorConfig) -> dict[str, float]:
+    """The resources one actor of `actor`'s pool asks Ray for."""
+    return {"CPU": actor.num_cpus, **({"GPU": actor.num_gpus} if actor.num_gpus else {}), **actor.resources}
 
 
 def actor_pool_args(actor: ActorConfig, constructor_kwargs: dict[str, Any]) -> dict[str, Any]:

