@@ -1,6 +1,7 @@
 # The two commands of the README. Each creates or reuses .venv/ and installs what it needs.
 #   make demo   - run the job on the bundled sample with a real small model, on a local Ray
-#   make test   - lint and run the test suite (every tier)
+#   make test   - lint and run the test suite (every tier), except the tests marked slow
+#   make test-slow - the tests marked slow (over about 25 s each); CI runs both
 #   make test-unit / test-integration / test-e2e - one tier (tests/conftest.py says which is which)
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_AUTH_MODE := disabled
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-unit test-integration test-e2e lint clean
+.PHONY: demo test test-slow test-unit test-integration test-e2e lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +37,10 @@ lint: $(VENV)/.installed-test
 	$(PY) -m ruff check jobs reranker_actors tests benchmarks samples
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m slow
 
 test-unit test-integration test-e2e: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m $(@:test-%=%)

@@ -7,7 +7,7 @@
       -> read where it is not ----------------------------------------------------------------+-> union
       -> ... -> map_groups(CascadeRanker)
 Each stage has its own model and actor pool (its own resources). Stage 1 is checkpointed
-per input file like a plain run; later stages run after it, from the staged ranking, and
+like a plain run; later stages run after it, from the staged ranking, and
 look their pairs up in their own score cache (their model's namespace) when one is given.
 """
 
@@ -60,10 +60,11 @@ def rank_stage_one(table: pa.Table, ranker: StageRanker) -> pa.Table:
     return ranker(_as_stage1(table))
 
 
-def rank_cascade(cfg: JobConfig, scored: list[str], staging: str, dest: str, fs: fsspec.AbstractFileSystem,
+def rank_cascade(cfg: JobConfig, scored: list[list[str]], staging: str, dest: str, fs: fsspec.AbstractFileSystem,
                  num_pairs: int, by_file: bool, caches: Sequence[Any] | None = None) -> list[str]:
     """Run stages 2.. over the stage-1 checkpoints and write the final ranking to `dest`.
-    by_file: no query spans two checkpoint files, so stage 1 is ranked file by file.
+    `scored`: the stage-1 checkpoint files, one list per input file. by_file: no query spans
+    two input files, so stage 1 is ranked file by file.
 
     `caches`: per stage 2.., an ObjectRef of the jobs.score_cache.CacheIndex its actors
     look pairs up in, or None. Returns, per stage 2.., the directory of the pairs it

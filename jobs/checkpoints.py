@@ -1,28 +1,31 @@
-"""Per-input-shard checkpoints: what lets a rerun after a crash resume instead of start over.
+"""Checkpoints of the score stage, in row ranges of the input files: what lets a rerun after
+a crash resume where the crash happened instead of starting over.
 
 Layout under output.path (hidden from readers: every name starts with `_`):
-    _checkpoints/<fingerprint>/shards/<shard_id>.parquet   the scored rows of one input file
-    _checkpoints/<fingerprint>/queries/<shard_id>.parquet  its distinct query ids (see queries_disjoint)
-    _checkpoints/<fingerprint>/manifest/<shard_id>.json    written after them: rows, sha256, ...
+    _checkpoints/<fingerprint>/parts/<part>.parquet    the scored rows of some row ranges of one input file
+    _checkpoints/<fingerprint>/queries/<part>.parquet  their distinct query ids (see queries_disjoint)
+    _checkpoints/<fingerprint>/manifest/<part>.json    written after them: file, ranges, counts, sha256
 fingerprint: a hash of every config value that changes what is scored or how
   (reranker, input mapping and policies); another config never reuses these files.
-shard_id: a hash of the input file's URL and fsspec `ukey` (size + mtime locally, the
-  ETag on S3), so an input file that changed is scored again.
-A shard counts as done only when its manifest entry exists and the shard file's sha256
-matches it. A shard file is written whole (local: temp name, then rename; S3: one PUT),
-so a crash leaves at worst a shard without a manifest entry, which the rerun rewrites.
+shard id (`sid`): a hash of the input file's URL and fsspec `ukey` (size + mtime locally,
+  the ETag on S3), so an input file that changed is scored again; its old parts are ignored.
+The score stage reads the input in units of about one actor batch (jobs.units). The driver
+collects the units that come out complete and writes them every second or few, one part per
+input file (UnitAssembler, PartWriter). A part counts only when its manifest entry exists
+and the part's sha256 matches it. A part is written whole (local: temp name, then rename;
+S3: one PUT), so a crash leaves at worst a part without a manifest entry, which is ignored.
+A crash loses the units in flight and the last second or few of finished ones.
 `_checkpoints/` is removed after a successful commit.
-
-Granularity: Ray Data packs small Parquet files into one read task (up to
-RAY_DATA_PARQUET_BIN_PACKING_BYTES, 128 MiB); files read together complete together.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import posixpath
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -48,9 +51,14 @@ from jobs.schema import (
     TRUNCATED,
     UNITS,
 )
+from jobs.units import Unit, merge
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CHECKPOINTS = "_checkpoints"
+# Complete units are written at least MIN_FLUSH_S apart, and writing takes at most 1/WRITE_SHARE
+# of the driver's time: about every second on a local disk, every few seconds on S3.
+MIN_FLUSH_S = 1.0
+WRITE_SHARE = 20
 
 
 def fingerprint(parts: dict) -> str:
@@ -63,18 +71,19 @@ def shard_id(fs: fsspec.AbstractFileSystem, file: InputFile) -> str:
 
 
 @dataclass(frozen=True)
-class ShardEntry:
-    """One manifest entry: a completed input shard."""
+class PartEntry:
+    """One manifest entry: the scored rows of some row ranges of one input file."""
 
+    sid: str  # the input file's shard id
     input: str  # the input file's URL
-    input_size: int
-    rows_in: int  # rows of the input file (queries, for the nested layout)
-    rows: int  # pairs in the shard file (valid and skipped)
+    ranges: list[list[int]]  # [start, stop) input row ranges the part holds
+    rows_in: int  # input rows in those ranges (queries, for the nested layout)
+    rows: int  # pairs in the part file (valid and skipped)
     skipped: int  # pairs with a skip reason (quarantined)
     truncated: int  # pairs whose query or doc was cut to max_length
     dtypes: list[str]
     sha256: str
-    file: str  # the shard file's name
+    file: str  # the part file's name
     cached: int = 0  # pairs whose score came from the score cache (summed over scorers)
     attention: list[str] = field(default_factory=list)  # the attention paths the scorers ran
 
@@ -84,27 +93,42 @@ class Checkpoints:
         self.fs = fs
         self.root = posixpath.join(output_root, CHECKPOINTS, fp)
 
-    def _shard_path(self, sid: str) -> str:
-        return posixpath.join(self.root, "shards", f"{sid}.parquet")
+    def _path(self, kind: str, name: str, ext: str = "parquet") -> str:
+        return posixpath.join(self.root, kind, f"{name}.{ext}")
 
-    def _entry_path(self, sid: str) -> str:
-        return posixpath.join(self.root, "manifest", f"{sid}.json")
+    def part_file(self, entry: PartEntry) -> str:
+        return self._path("parts", entry.file.removesuffix(".parquet"))
 
-    def _queries_path(self, sid: str) -> str:
-        return posixpath.join(self.root, "queries", f"{sid}.parquet")
+    def load(self, sids: list[str]) -> list[PartEntry]:
+        """The entries of the intact parts of the input files `sids` (another run's, or this
+        config's for input files that changed since, are ignored), in input and row order."""
+        manifest = posixpath.join(self.root, "manifest")
+        if not self.fs.exists(manifest):
+            return []
+        order = {sid: i for i, sid in enumerate(sids)}
+        with ThreadPoolExecutor(max_workers=16) as pool:  # (each read is a request on S3)
+            entries = [e for e in pool.map(self._entry, self.fs.ls(manifest, detail=False))
+                       if e is not None and e.sid in order]
+            intact = list(pool.map(self._intact, entries))
+        entries = sorted((e for e, ok in zip(entries, intact) if ok), key=lambda e: (order[e.sid], e.ranges))
+        for a, b in itertools.pairwise(entries):
+            if a.sid == b.sid and b.ranges[0][0] < a.ranges[-1][1]:
+                raise RuntimeError(f"checkpoints {a.file} and {b.file} both hold rows of {a.input}; "
+                                   f"remove {self.root} and rerun")
+        return entries
 
-    def completed(self, sid: str) -> ShardEntry | None:
-        """The manifest entry of a shard whose file is intact, else None."""
-        entry_path, shard_path = self._entry_path(sid), self._shard_path(sid)
-        if not self.fs.exists(entry_path) or not self.fs.exists(shard_path):
+    def _entry(self, path: str) -> PartEntry | None:
+        try:
+            return PartEntry(**json.loads(self.fs.cat_file(path)))
+        except (ValueError, TypeError):  # a torn or foreign file: its part is scored again
             return None
-        entry = ShardEntry(**json.loads(self.fs.cat_file(entry_path)))
-        if hashlib.sha256(self.fs.cat_file(shard_path)).hexdigest() != entry.sha256:
-            return None
-        return entry
 
-    def write(self, sid: str, file: InputFile, table: pa.Table) -> ShardEntry:
-        """Write one complete shard, then its manifest entry (the commit point)."""
+    def _intact(self, entry: PartEntry) -> bool:
+        path = self.part_file(entry)
+        return self.fs.exists(path) and hashlib.sha256(self.fs.cat_file(path)).hexdigest() == entry.sha256
+
+    def write(self, sid: str, file: InputFile, ranges: list[tuple[int, int]], table: pa.Table) -> PartEntry:
+        """Write one part (the rows of `ranges` of `file`), then its manifest entry (the commit point)."""
         truncated = int(pc.sum(table[TRUNCATED]).as_py() or 0)
         dtypes, attention = (sorted({d for v in pc.unique(table[c]).to_pylist() if v for d in v.split(",")})
                              if c in table.column_names else [] for c in (DTYPE, ATTENTION))
@@ -118,39 +142,45 @@ class Checkpoints:
         buf = io.BytesIO()
         pq.write_table(table, buf)
         data = buf.getvalue()
-        path = self._shard_path(sid)
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        self.fs.makedirs(posixpath.dirname(self._entry_path(sid)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        self.fs.pipe_file(tmp, data)
-        self.fs.mv(tmp, path)
+        name = f"{sid}-{ranges[0][0]:012d}"
+        path = self._path("parts", name)
+        for kind in ("parts", "queries", "manifest"):
+            self.fs.makedirs(posixpath.join(self.root, kind), exist_ok=True)
+        self.fs.pipe_file(f"{path}.tmp", data)
+        self.fs.mv(f"{path}.tmp", path)
         queries = io.BytesIO()
         pq.write_table(pa.table({QUERY_ID: pc.unique(table[QUERY_ID])}), queries)
-        self.fs.makedirs(posixpath.dirname(self._queries_path(sid)), exist_ok=True)
-        self.fs.pipe_file(self._queries_path(sid), queries.getvalue())
-        entry = ShardEntry(
-            input=file.url, input_size=file.size, rows_in=file.num_rows, rows=len(table),
-            skipped=len(table) - table[SKIP_REASON].null_count,
-            truncated=truncated, dtypes=dtypes, attention=attention, sha256=hashlib.sha256(data).hexdigest(),
-            cached=cached,
-            file=posixpath.basename(path),
+        self.fs.pipe_file(self._path("queries", name), queries.getvalue())
+        entry = PartEntry(
+            sid=sid, input=file.url, ranges=[list(r) for r in ranges], rows_in=sum(b - a for a, b in ranges),
+            rows=len(table), skipped=len(table) - table[SKIP_REASON].null_count, truncated=truncated,
+            dtypes=dtypes, sha256=hashlib.sha256(data).hexdigest(), file=posixpath.basename(path),
+            cached=cached, attention=attention,
         )
-        self.fs.pipe_file(self._entry_path(sid), json.dumps(asdict(entry), indent=1).encode())
+        self.fs.pipe_file(self._path("manifest", name, "json"), json.dumps(asdict(entry), indent=1).encode())
         return entry
 
-    def shard_files(self, sids: list[str]) -> list[str]:
-        return [self._shard_path(s) for s in sids]
+    def by_input(self, entries: list[PartEntry]) -> list[list[str]]:
+        """The part files of `entries`, one list per input file (in the entries' order)."""
+        groups: dict[str, list[str]] = {}
+        for entry in entries:
+            groups.setdefault(entry.sid, []).append(self.part_file(entry))
+        return list(groups.values())
 
-    def queries_disjoint(self, sids: list[str]) -> bool:
-        """Whether no query has rows in two of these shards: then each shard can be ranked
-        alone, without gathering a query's rows from every shard first."""
-        def read(sid: str) -> pa.Array:
-            with self.fs.open(self._queries_path(sid), "rb") as f:
+    def queries_disjoint(self, entries: list[PartEntry]) -> bool:
+        """Whether no query has rows in two input files: then each file's parts can be ranked
+        alone, without gathering a query's rows from every file first."""
+        def read(entry: PartEntry) -> pa.Array:
+            with self.fs.open(self._path("queries", entry.file.removesuffix(".parquet")), "rb") as f:
                 return pq.read_table(f)[QUERY_ID].combine_chunks()
         with ThreadPoolExecutor(max_workers=16) as pool:  # (each read is a request on S3)
-            ids = list(pool.map(read, sids))
-        total = sum(len(a) for a in ids)
-        return total == len(pc.unique(pa.chunked_array(ids, pa.string()))) if total else True
+            ids = list(pool.map(read, entries))
+        per_file: dict[str, list[pa.Array]] = {}
+        for entry, array in zip(entries, ids):
+            per_file.setdefault(entry.sid, []).append(array)
+        distinct = [pc.unique(pa.chunked_array(arrays, pa.string())) for arrays in per_file.values()]
+        total = sum(len(a) for a in distinct)
+        return total == len(pc.unique(pa.chunked_array(distinct, pa.string()))) if total else True
 
     def remove_all(self) -> None:
         """After a successful commit: these and any other config's checkpoints are stale."""
@@ -167,19 +197,24 @@ class _Partial:
     pairs: int = 0
 
 
-class ShardAssembler:
-    """Collects scored blocks per input shard and hands out each shard once it is complete.
+class UnitAssembler:
+    """Collects scored blocks per unit (jobs.units.Unit: a row range of one input file) and
+    hands out each unit once it is complete.
 
     Every input row yields `_units` >= 1 pairs (nested rows explode; a row with no
-    candidates yields one skipped pair), and its first pair carries that count. A shard
+    candidates yields one skipped pair), and its first pair carries that count. A unit
     is complete when it has seen the first pair of every one of its input rows, and as
     many pairs as those rows announced.
     """
 
-    def __init__(self, files: list[InputFile]) -> None:
-        self.files = files
+    def __init__(self, units: list[Unit], files: list[InputFile]) -> None:
+        self.units, self.files = units, files
         self.partial: dict[int, _Partial] = {}
         self.finished: set[int] = set()
+
+    def _name(self, index: int) -> str:
+        unit = self.units[index]
+        return f"rows {unit.start}-{unit.stop - 1} of {self.files[unit.file].url}"
 
     def add(self, batch: pa.Table) -> Iterator[tuple[int, pa.Table]]:
         shard = batch[SHARD].to_numpy(zero_copy_only=False)
@@ -187,19 +222,47 @@ class ShardAssembler:
         for index in np.unique(shard).tolist():
             mask = shard == index
             if index in self.finished:
-                raise RuntimeError(f"rows of {self.files[index].url} arrived after it was complete")
+                raise RuntimeError(f"{self._name(index)} arrived after they were complete")
             part = self.partial.setdefault(index, _Partial([]))
             part.tables.append(batch.filter(pa.array(mask)))
             part.input_rows += int((units[mask] > 0).sum())
             part.pairs_expected += int(units[mask].sum())
             part.pairs += int(mask.sum())
-            if part.input_rows == self.files[index].num_rows and part.pairs == part.pairs_expected:
+            if part.input_rows == self.units[index].num_rows and part.pairs == part.pairs_expected:
                 del self.partial[index]
                 self.finished.add(index)
                 yield index, pa.concat_tables(part.tables)
 
     def check_complete(self) -> None:
-        missing = [f.url for i, f in enumerate(self.files) if i not in self.finished]
+        missing = [i for i in range(len(self.units)) if i not in self.finished]
         if missing:
-            raise RuntimeError(f"the score stage ended before finishing {len(missing)} input file(s), "
-                               f"e.g. {missing[0]}")
+            raise RuntimeError(f"the score stage ended before finishing {len(missing)} unit(s) of the input, "
+                               f"e.g. {self._name(missing[0])}")
+
+
+class PartWriter:
+    """Buffers complete units and writes them, one part per input file, once `interval`
+    seconds have passed since the last write (and at the end). The interval is MIN_FLUSH_S,
+    or WRITE_SHARE times what the last write took when the filesystem is slow (S3)."""
+
+    def __init__(self, checkpoints: Checkpoints, files: list[InputFile], sids: list[str]) -> None:
+        self.checkpoints, self.files, self.sids = checkpoints, files, sids
+        self.pending: dict[int, list[tuple[Unit, pa.Table]]] = {}
+        self.written: list[PartEntry] = []
+        self.interval = MIN_FLUSH_S
+        self.last = time.monotonic()
+
+    def add(self, unit: Unit, table: pa.Table) -> None:
+        self.pending.setdefault(unit.file, []).append((unit, table))
+        if time.monotonic() - self.last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        start = time.monotonic()
+        for index, done in sorted(self.pending.items()):
+            ranges = merge([(u.start, u.stop) for u, _ in done])
+            table = pa.concat_tables([t for _, t in done], promote_options="permissive")
+            self.written.append(self.checkpoints.write(self.sids[index], self.files[index], ranges, table))
+        self.pending.clear()
+        self.last = time.monotonic()
+        self.interval = max(MIN_FLUSH_S, WRITE_SHARE * (self.last - start))

@@ -120,7 +120,7 @@ class DistillJob(Job[Labelled]):
         labelled = Labelled(out.staging("records"),
                             cache_rows=[(i, shards, t.column) for i, t in enumerate(cfg.teachers)])
         with run.clock.stage("labels"):
-            map_queries(shards, make_labels, {"teachers": cfg.teacher_specs(), "labels": cfg.labels,
+            map_queries(run.groups, make_labels, {"teachers": cfg.teacher_specs(), "labels": cfg.labels,
                                               "qrels": run.qrels, "on_duplicate": cfg.input.on_duplicate},
                         labelled.staged, out.fs, scored.scored, run.by_file)
             labelled.records = parquet_files(out.fs, labelled.staged)

@@ -32,6 +32,8 @@ class InputFile:
     path: str  # as the filesystem takes it
     size: int
     num_rows: int
+    row_groups: tuple[int, ...] = ()  # rows per row group (jobs.units reads row ranges)
+    pairs: int = 0  # about how many pairs its rows hold (nested: candidates; 0: as many as rows)
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,34 @@ def _expand(fs: fsspec.AbstractFileSystem, url: str, path: str) -> list[str]:
     raise InputError(f"input.path {url!r}: no such file or directory")
 
 
-def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, int, int]:
+@dataclass(frozen=True)
+class Footer:
+    schema: pa.Schema
+    num_rows: int
+    size: int
+    row_groups: tuple[int, ...]
+    leaf_values: dict[str, int]  # per column path ("candidates.list.element.doc_id"): values stored
+
+
+def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> Footer:
     with fs.open(path, "rb") as f:
-        meta = pq.ParquetFile(f)
-        return meta.schema_arrow, meta.metadata.num_rows, f.size
+        meta = pq.ParquetFile(f).metadata
+        groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+        leaves: dict[str, int] = {}
+        for group in groups:
+            for j in range(group.num_columns):
+                column = group.column(j)
+                leaves[column.path_in_schema] = leaves.get(column.path_in_schema, 0) + column.num_values
+        return Footer(meta.schema.to_arrow_schema(), meta.num_rows, f.size,
+                      tuple(g.num_rows for g in groups), leaves)
+
+
+def _pairs(cfg: InputConfig, footer: Footer) -> int:
+    """Pairs the file holds: one per row (flat), or about one per candidate (nested)."""
+    if cfg.layout == "flat":
+        return footer.num_rows
+    prefix = f"{cfg.columns.candidates}."
+    return max((n for p, n in footer.leaf_values.items() if p.startswith(prefix)), default=footer.num_rows)
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -194,9 +220,8 @@ def discover(cfg: InputConfig) -> Inputs:
         if isinstance(footer, str):
             errors.append(f"{url}: not a readable Parquet file ({footer})")
             continue
-        schema, num_rows, size = footer
-        errors += _schema_errors(cfg, url, schema)
-        files.append(InputFile(url, path, size, num_rows))
+        errors += _schema_errors(cfg, url, footer.schema)
+        files.append(InputFile(url, path, footer.size, footer.num_rows, footer.row_groups, _pairs(cfg, footer)))
     if errors:
         more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
         raise InputError(f"{len(errors)} input problem(s):\n  - " + "\n  - ".join(errors[:MAX_LISTED]) + more)
@@ -205,7 +230,7 @@ def discover(cfg: InputConfig) -> Inputs:
     return Inputs(fs, files, columns, dirs)
 
 
-def _try_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, int, int] | str:
+def _try_footer(fs: fsspec.AbstractFileSystem, path: str) -> Footer | str:
     try:
         return _read_footer(fs, path)
     except Exception as e:  # noqa: BLE001 - reported per file with its cause

@@ -1,7 +1,7 @@
 """One run of a job, from validation to `_SUCCESS`, the same for every entrypoint.
 
     validate (inputs' footers, qrels, output dir, checkpoints, caches)
-      -> Ray session -> score (checkpointed per input file; cached pairs skip the model)
+      -> Ray session -> score (checkpointed every few seconds; cached pairs skip the model)
       -> the job's own stages (rank, cascade, labels, formats)
       -> quarantine -> evaluation -> cache rows -> report -> commit (_SUCCESS last)
       -> publish the caches, remove the checkpoints
@@ -63,6 +63,7 @@ class Run:
     caches: RunCaches
     clock: Stopwatch
     cache_refs: list[Any] = field(default_factory=list)  # per scorer: ObjectRef of its cache index, or None
+    groups: list[list[str]] = field(default_factory=list)  # the checkpoint files, one list per input file
     by_file: bool = False  # no query has rows in two input files: whole queries go file by file
 
 
@@ -154,7 +155,7 @@ def _summary(job: Job, run: Run, where: str, scored: Scored, quarantined: int, f
         pairs=scored.pairs, skipped=scored.skipped, quarantined=quarantined, truncated=scored.truncated,
         output=job.output_path, dtype=", ".join(scored.dtypes), attention=", ".join(scored.attention),
         config_hash=fingerprint(job.config.model_dump()),
-        resumed_files=scored.resumed, scored_now=scored.scored_now, run_id=run.out.run_id,
+        resumed_pairs=scored.resumed, scored_now=scored.scored_now, run_id=run.out.run_id,
         score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
         cached=scored.cached, by_file=run.by_file, seconds=run.clock.seconds,
         metrics={stage: mean(pq) for stage, pq in per_query.items()},
@@ -170,8 +171,9 @@ def run_job(job: Job) -> RunSummary:
             for pools in job.pools():
                 check_pool_fits(pools)
             scored = _score(job, run)
-            shards = run.checkpoints.shard_files(scored.shard_ids)
-            run.by_file = run.checkpoints.queries_disjoint(scored.shard_ids)
+            run.groups = run.checkpoints.by_input(scored.entries)
+            run.by_file = run.checkpoints.queries_disjoint(scored.entries)
+            shards = [f for group in run.groups for f in group]
             produced = job.produce(run, scored, shards)
             quarantined = write_quarantine(run.out.fs, run.checkpoints, scored, run.out.staging(QUARANTINE))
             per_query = job.evaluate(run, shards, produced) if run.qrels else {}

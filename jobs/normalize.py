@@ -7,7 +7,7 @@ text either fail the job (naming them) or are marked with a skip reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -97,13 +97,12 @@ def skip_reasons(table: pa.Table, raw: dict[str, pa.ChunkedArray] | None = None)
 class Normalizer:
     """Callable for map_batches(batch_format="pyarrow").
 
-    `shards` maps each input file's path (as read_parquet reports it) to its index,
-    stored per pair in `_shard`; `_units` on an input row's first pair says how many
-    pairs that row yielded (see jobs.checkpoints.ShardAssembler).
+    Each pair keeps its input row's `_shard` (the unit it was read in, jobs.units); `_units`
+    on an input row's first pair says how many pairs that row yielded (see
+    jobs.checkpoints.UnitAssembler).
     """
 
     cfg: InputConfig
-    shards: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         c = self.cfg.columns
@@ -139,16 +138,11 @@ class Normalizer:
         """True where a row is invalid (a query without candidates is not an error)."""
         return pc.fill_null(pc.not_equal(reasons, NO_CANDIDATES), False)
 
-    def _shard_column(self, batch: pa.Table) -> pa.Array:
-        if not self.shards:
-            return pa.array(np.zeros(len(batch), dtype=np.int32))
-        paths = batch[PATH_COLUMN].combine_chunks().dictionary_encode()
-        index = []
-        for path in paths.dictionary.to_pylist():
-            if path not in self.shards:
-                raise RuntimeError(f"read_parquet reported path {path!r}, not among the input files")
-            index.append(self.shards[path])
-        return pa.array(np.asarray(index, dtype=np.int32)[paths.indices.to_numpy(zero_copy_only=False)])
+    @staticmethod
+    def _shard_column(batch: pa.Table) -> pa.ChunkedArray:
+        if SHARD in batch.column_names:
+            return batch[SHARD]
+        return pa.chunked_array([np.zeros(len(batch), dtype=np.int32)])
 
     def _explode(self, batch: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         """One row per query with a candidates list -> one row per (query, candidate).

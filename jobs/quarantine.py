@@ -1,6 +1,6 @@
 """The quarantine: every pair the job did not score, with its reason and input file.
 
-Written per input file from the checkpoints, staged, and published with the ranked
+Written per checkpoint part (rows of one input file) from the checkpoints, staged, and published with the ranked
 rows as `_quarantine/part-NNNNN.parquet` (see jobs.output).
 """
 
@@ -25,11 +25,10 @@ def write_quarantine(fs: fsspec.AbstractFileSystem, checkpoints: Checkpoints, sc
                      dest: str) -> int:
     """Write the skipped pairs of every input file under `dest`; return how many."""
     total = 0
-    files = checkpoints.shard_files(scored.shard_ids)
-    for i, (path, entry) in enumerate(zip(files, scored.entries)):
+    for i, entry in enumerate(scored.entries):
         if not entry.skipped:
             continue
-        with fs.open(path, "rb") as f:
+        with fs.open(checkpoints.part_file(entry), "rb") as f:
             table = pq.read_table(f)
         table = table.filter(pc.is_valid(table[SKIP_REASON]))
         # first-stage and extra columns; never texts, scores or the job's own columns

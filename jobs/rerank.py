@@ -71,10 +71,10 @@ class RerankJob(Job[Ranked]):
         ranked = Ranked(out.staging("ranked"), cache_rows=[(0, shards, SCORE)])
         with run.clock.stage("cascade + rank" if cfg.cascade else "rank"):
             if cfg.cascade:
-                ranked.stage_dirs = rank_cascade(cfg, shards, out.staging("cascade"), ranked.staged, out.fs,
+                ranked.stage_dirs = rank_cascade(cfg, run.groups, out.staging("cascade"), ranked.staged, out.fs,
                                                  scored.scored, run.by_file, run.cache_refs[1:])
             else:
-                rank_pairs(cfg, shards, ranked.staged, out.fs, scored.scored, run.by_file)
+                rank_pairs(cfg, run.groups, ranked.staged, out.fs, scored.scored, run.by_file)
         ranked.files = parquet_files(out.fs, ranked.staged)
         ranked.rows_out = footer_rows(out.fs, ranked.files)
         self._check_ranked(scored, ranked.rows_out)

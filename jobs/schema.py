@@ -34,7 +34,7 @@ MODEL = "model"
 # The ranked output, in this order, followed by the configured extra columns.
 OUTPUT_COLUMNS = (QUERY_ID, DOC_ID, SCORE, RANK, FIRST_STAGE_SCORE, FIRST_STAGE_RANK, MODEL)
 # Internal columns, never in the output:
-SHARD = "_shard"  # index of the row's input file among this run's pending files
+SHARD = "_shard"  # index of the read unit (jobs.units) the row came in, among this run's units
 UNITS = "_units"  # on an input row's first pair: how many pairs that row yielded; else 0
 
 

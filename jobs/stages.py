@@ -1,10 +1,11 @@
 """The Ray Data pipelines of a rerank job, and the counts read back from what they wrote.
 
-score:  read_parquet (files without a checkpoint) -> Normalizer (tasks) -> ScoreActor
-        (actor pool) -> driver: ShardAssembler -> one checkpoint per input file
+score:  UnitDatasource (the row ranges without a checkpoint, in units of about one batch)
+        -> Normalizer (tasks) -> ScoreActor (actor pool) -> driver: UnitAssembler ->
+        PartWriter (complete units, every few seconds, one part per input file)
 rank:   checkpoints -> drop skipped -> Ranker over whole queries -> ranked staging: one task
-        per checkpoint file when no query spans two input files, else one task for up to a
-        million pairs, else map_groups(query_id) after a shuffle
+        per input file's parts when no query spans two input files, else one task for up to
+        a million pairs, else map_groups(query_id) after a shuffle
 quarantine: checkpoints -> skipped rows with their reason and input file
 Checkpoints hold ids, scores and pass-through columns (no texts), so the driver and
 the shuffle that gathers each query's candidates move little data.
@@ -16,7 +17,6 @@ import math
 import posixpath
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
 
-from jobs.checkpoints import Checkpoints, ShardAssembler, ShardEntry, shard_id
+from jobs.checkpoints import Checkpoints, PartEntry, PartWriter, UnitAssembler, shard_id
 from jobs.config import ActorConfig, InputConfig, JobConfig
 from jobs.fs import arrow_filesystem
 from jobs.inputs import Inputs
@@ -35,6 +35,7 @@ from jobs.normalize import Normalizer
 from jobs.ranking import Ranker
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
 from jobs.schema import BATCH_END, BATCH_START, QUERY_ID, RANK, SKIP_REASON
+from jobs.units import UnitDatasource, plan_units
 from reranker_actors.actor import ScoreActor
 from reranker_actors.base import RerankerConfig
 
@@ -48,11 +49,10 @@ def rank_partitions(pairs: int) -> int:
 
 @dataclass(frozen=True)
 class Scored:
-    """What the score stage left in the checkpoints, one manifest entry per input file."""
+    """What the score stage left in the checkpoints, one manifest entry per part."""
 
-    shard_ids: list[str]
-    entries: list[ShardEntry]
-    resumed: int  # input files whose checkpoint an earlier run wrote
+    entries: list[PartEntry]  # in input file order, then row order
+    resumed: int  # pairs an earlier run checkpointed
     scored_now: int  # pairs this run sent through the model
     startup_s: float = 0.0  # stage start -> an actor starts its first batch (scheduling, model load)
     steady_pairs_per_s: float = 0.0  # pairs/s from then to the end of the last batch
@@ -104,42 +104,45 @@ class Scorer:
 
 def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], checkpoints: Checkpoints,
                 keep_texts: bool = False) -> Scored:
-    """Score every input file that has no checkpoint yet; checkpoint each as it completes.
+    """Score every input row no checkpoint holds yet, checkpointing as units complete.
 
-    The scorers run one after the other on each block (each its own actor pool); the
-    last drops the texts unless `keep_texts` (a later stage or the labels need them).
+    The input is read in units of about one actor batch (jobs.units); the scorers run one
+    after the other on each block (each its own actor pool); the last drops the texts
+    unless `keep_texts` (a later stage or the labels need them).
     """
-    ids = [shard_id(inputs.fs, f) for f in inputs.files]
-    with ThreadPoolExecutor(max_workers=16) as pool:  # (each check reads a shard file on S3)
-        found = dict(zip(ids, pool.map(checkpoints.completed, ids)))
-    done = {sid: e for sid, e in found.items() if e is not None}
-    pending = [(sid, f) for sid, f in zip(ids, inputs.files) if sid not in done]
-    scored_now, startup_s, steady = 0, 0.0, 0.0
-    if pending:
-        files = [f for _, f in pending]
+    sids = [shard_id(inputs.fs, f) for f in inputs.files]
+    earlier = checkpoints.load(sids)
+    index = {sid: i for i, sid in enumerate(sids)}
+    done: dict[int, list[tuple[int, int]]] = {}
+    for entry in earlier:
+        done.setdefault(index[entry.sid], []).extend((a, b) for a, b in entry.ranges)
+    batch = min(s.actor.batch_size for s in scorers)
+    units = plan_units(inputs.files, done, batch)
+    writer = PartWriter(checkpoints, inputs.files, sids)
+    window = ActorWindow(time.time())
+    if units:
         # (a dataset keeps the DataContext of its creation)
         with actor_pool_deadline([s.actor for s in scorers]):
-            ds = ray.data.read_parquet(
-                [f.path for f in files], filesystem=ray_filesystem(inputs.fs), columns=inputs.columns,
-                include_paths=True,
-            )
-            ds = ds.map_batches(Normalizer(input_cfg, {f.path: i for i, f in enumerate(files)}),
-                                batch_format="pyarrow")
+            ds = ray.data.read_datasource(UnitDatasource(inputs.fs, inputs.files, units, inputs.columns))
+            ds = ds.map_batches(Normalizer(input_cfg), batch_format="pyarrow", batch_size=None)
+            # Blocks of at most one batch: an actor call returns (and its rows become durable)
+            # batch by batch, not after all the blocks a read task merged into one.
+            ds = ds.repartition(target_num_rows_per_block=batch)
             for i, scorer in enumerate(scorers):
                 keep = keep_texts or i < len(scorers) - 1
                 ds = ds.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(
                     scorer.actor, scorer.constructor_kwargs(input_cfg.on_invalid, keep)))
-            assembler, window = ShardAssembler(files), ActorWindow(time.time())
+            assembler = UnitAssembler(units, inputs.files)
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                 window.add(batch)
-                for index, table in assembler.add(batch):
-                    sid, file = pending[index]
-                    done[sid] = checkpoints.write(sid, file, table)
-                    scored_now += done[sid].rows - done[sid].skipped - done[sid].cached
+                for unit, table in assembler.add(batch):
+                    writer.add(units[unit], table)
             assembler.check_complete()
-            startup_s, steady = window.startup_s, window.pairs_per_s(scored_now)
-    return Scored(ids, [done[s] for s in ids], len(inputs.files) - len(pending), scored_now,
-                  round(startup_s, 3), round(steady, 2))
+            writer.flush()
+    entries = sorted(earlier + writer.written, key=lambda e: (index[e.sid], e.ranges))
+    scored_now = sum(e.rows - e.skipped - e.cached for e in writer.written)
+    return Scored(entries, sum(e.rows for e in earlier), scored_now, round(window.startup_s, 3),
+                  round(window.pairs_per_s(scored_now), 2))
 
 
 @dataclass
@@ -166,18 +169,19 @@ class ActorWindow:
         return pairs / busy if busy > 0 else 0.0
 
 
-def map_queries(files: list[str], fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any], dest: str,
+def map_queries(shards: list[list[str]], fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any], dest: str,
                 fs: fsspec.AbstractFileSystem, pairs: int, by_file: bool) -> None:
-    """Apply `fn`, which takes whole queries (any number of them), to the rows of `files`,
-    and write what it returns under `dest`.
+    """Apply `fn`, which takes whole queries (any number of them), to the rows of the
+    checkpoint files `shards` (one list per input file), and write what it returns under `dest`.
 
-    by_file: no query has rows in two of `files` (Checkpoints.queries_disjoint), so each
-    file is one task. Otherwise each query's rows must be gathered from every file first:
-    with up to ROWS_PER_RANK_PARTITION pairs in all, one task reads them all; with more,
-    Ray Data's groupby(query_id) shuffles them across the cluster into partitions.
+    by_file: no query has rows in two input files (Checkpoints.queries_disjoint), so each
+    input file's parts are one task. Otherwise each query's rows must be gathered from every
+    file first: with up to ROWS_PER_RANK_PARTITION pairs in all, one task reads them all;
+    with more, Ray Data's groupby(query_id) shuffles them across the cluster into partitions.
     """
+    files = [f for group in shards for f in group]
     if by_file or rank_partitions(pairs) == 1:
-        groups = [[path] for path in files] if by_file else [files]
+        groups = shards if by_file else [files]
         ray.get([_map_files.remote(group, fn, fn_kwargs, posixpath.join(dest, f"part-{i:05d}.parquet"), fs)
                  for i, group in enumerate(groups)])
         return
@@ -207,7 +211,7 @@ def rank_valid(table: pa.Table, ranker: Ranker) -> pa.Table:
     return ranker(table.filter(pc.is_null(table[SKIP_REASON])).drop_columns([SKIP_REASON]))
 
 
-def rank_pairs(cfg: JobConfig, scored: list[str], dest: str, fs: fsspec.AbstractFileSystem,
+def rank_pairs(cfg: JobConfig, scored: list[list[str]], dest: str, fs: fsspec.AbstractFileSystem,
                num_pairs: int, by_file: bool) -> None:
     ranker = Ranker(
         model=cfg.reranker.model, top_k=cfg.rank.top_k, on_duplicate=cfg.input.on_duplicate,

@@ -39,7 +39,7 @@ class RunSummary:
     backend: str
     dtype: str
     config_hash: str
-    resumed_files: int = 0  # input files taken from an earlier run's checkpoints
+    resumed_pairs: int = 0  # pairs taken from an earlier run's checkpoints
     scored_now: int = 0  # pairs this run sent through the model
     run_id: str = ""
     score_startup_s: float = 0.0  # score stage start -> first batch begins (actors up, models loaded)
@@ -83,7 +83,7 @@ class RunSummary:
     def render(self) -> str:
         score_s = self.seconds.get("score", 0.0)
         rate = self.pairs_per_s().get("score", 0.0)
-        resumed = f", {self.resumed_files} resumed from checkpoints" if self.resumed_files else ""
+        resumed = f", {self.resumed_pairs} pairs resumed from checkpoints" if self.resumed_pairs else ""
         lines = [
             f"batch-rerank finished in {sum(self.seconds.values()):.1f} s on {self.ray}",
             f"  input     {self.input} ({len(self.input_files)} file(s){resumed})",

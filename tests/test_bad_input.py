@@ -33,6 +33,7 @@ def flat(qid: str, n: int, docs: list | None = None, score: list | None = None) 
     })
 
 
+@pytest.mark.slow
 def test_bad_rows_are_quarantined_with_reasons_and_counted(tmp_path: Path, tiny_bert_dir: str) -> None:
     in_dir = tmp_path / "in"
     in_dir.mkdir()

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import pytest
 import torch
 
 from reranker_actors.registry import build_reranker
@@ -27,6 +28,7 @@ def scores(model: str, rows: list[dict]) -> dict[tuple[str, str], float]:
     return {(r["query_id"], r["doc_id"]): s for r, s in zip(rows, out.tolist())}
 
 
+@pytest.mark.slow
 def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHead, tmp_path: Path,
                                                                  tiny_models_built: TinyModelBuilds) -> None:
     tiny_bert_dir, tiny_xlmr_dir = str(tmp_path / "tiny-bert"), str(tmp_path / "tiny-xlmr")

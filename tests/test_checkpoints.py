@@ -1,4 +1,5 @@
-"""Shard checkpoints: completeness from `_units`, deterministic files, corrupt files rescored."""
+"""Checkpoints: unit completeness from `_units`, parts written per file per flush, deterministic
+files, corrupt ones rescored, entries in input order."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import fsspec
 import pyarrow as pa
 import pytest
 
-from jobs.checkpoints import Checkpoints, ShardAssembler, fingerprint, shard_id
+from jobs.checkpoints import Checkpoints, PartWriter, UnitAssembler, fingerprint, shard_id
 from jobs.inputs import InputFile
+from jobs.units import Unit
 
 
 def scored(shard: int, qids: list[str], dids: list[str], units: list[int]) -> pa.Table:
@@ -26,10 +28,15 @@ def files(*rows: int) -> list[InputFile]:
     return [InputFile(f"/in/{i}.parquet", f"/in/{i}.parquet", 100, n) for i, n in enumerate(rows)]
 
 
-def test_a_shard_is_complete_only_when_every_input_row_and_all_its_pairs_arrived() -> None:
-    # File 0 is nested: 2 input rows (queries) announcing 3 and 1 pairs; its blocks interleave
-    # with file 1 (flat, 2 rows). The first pair of query a arrives before the rest.
-    asm = ShardAssembler(files(2, 2))
+def whole(*rows: int) -> list[Unit]:
+    """One unit per file, holding all its rows."""
+    return [Unit(i, 0, n) for i, n in enumerate(rows)]
+
+
+def test_a_unit_is_complete_only_when_every_input_row_and_all_its_pairs_arrived() -> None:
+    # Unit 0 is nested: 2 input rows (queries) announcing 3 and 1 pairs; its blocks interleave
+    # with unit 1 (flat, 2 rows). The first pair of query a arrives before the rest.
+    asm = UnitAssembler(whole(2, 2), files(2, 2))
     assert list(asm.add(scored(0, ["a"], ["d1"], [3]))) == []
     assert list(asm.add(scored(1, ["x"], ["d9"], [1]))) == []
     assert list(asm.add(scored(0, ["b"], ["d4"], [1]))) == []  # both rows started, pairs missing
@@ -39,26 +46,50 @@ def test_a_shard_is_complete_only_when_every_input_row_and_all_its_pairs_arrived
     asm.check_complete()
 
 
-def test_missing_rows_are_reported_not_silently_dropped() -> None:
-    asm = ShardAssembler(files(3))
+def test_missing_rows_are_reported_naming_the_rows_and_the_file() -> None:
+    asm = UnitAssembler([Unit(0, 10, 13)], files(20))
     list(asm.add(scored(0, ["a"], ["d1"], [1])))
-    with pytest.raises(RuntimeError, match="before finishing 1 input file"):
+    with pytest.raises(RuntimeError, match=r"before finishing 1 unit.*rows 10-12 of /in/0.parquet"):
         asm.check_complete()
 
 
-def test_shard_files_are_deterministic_and_a_corrupt_one_is_not_trusted(tmp_path: Path) -> None:
+def test_parts_are_deterministic_and_a_corrupt_one_is_not_trusted(tmp_path: Path) -> None:
     fs = fsspec.filesystem("file")
     a = Checkpoints(fs, str(tmp_path / "out"), fingerprint({"model": "m"}))
     table = scored(0, ["q2", "q1", "q1"], ["d1", "d2", "d1"], [1, 1, 1])
-    entry = a.write("s1", files(3)[0], table)
+    entry = a.write("s1", files(3)[0], [(0, 3)], table)
     again = Checkpoints(fs, str(tmp_path / "out2"), fingerprint({"model": "m"}))
-    assert again.write("s1", files(3)[0], table.take([2, 0, 1])).sha256 == entry.sha256  # order-free
-    assert (entry.rows, entry.skipped, entry.dtypes) == (3, 0, ["float32"])
-    assert a.completed("s1") == entry
-    path = Path(a.shard_files(["s1"])[0])
+    assert again.write("s1", files(3)[0], [(0, 3)], table.take([2, 0, 1])).sha256 == entry.sha256  # order-free
+    assert (entry.rows, entry.skipped, entry.dtypes, entry.ranges) == (3, 0, ["float32"], [[0, 3]])
+    assert a.load(["s1"]) == [entry]
+    assert a.load(["another file"]) == []  # (a changed input file has another shard id)
+    path = Path(a.part_file(entry))
     path.write_bytes(path.read_bytes()[:-10])  # a torn write
-    assert a.completed("s1") is None
-    assert a.completed("never-written") is None
+    assert a.load(["s1"]) == []
+
+
+def test_entries_load_in_input_and_row_order(tmp_path: Path) -> None:
+    cp = Checkpoints(fsspec.filesystem("file"), str(tmp_path / "out"), "fp")
+    late = cp.write("s0", files(9)[0], [(5, 9)], scored(0, ["b"], ["d1"], [1]))
+    other = cp.write("s1", files(9)[0], [(0, 9)], scored(0, ["c"], ["d1"], [1]))
+    early = cp.write("s0", files(9)[0], [(0, 2), (3, 5)], scored(0, ["a"], ["d1"], [1]))
+    assert cp.load(["s0", "s1"]) == [early, late, other]
+    assert cp.by_input(cp.load(["s1", "s0"])) == [[cp.part_file(other)], [cp.part_file(early), cp.part_file(late)]]
+
+
+def test_the_writer_writes_complete_units_in_one_part_per_file_per_flush(tmp_path: Path) -> None:
+    cp = Checkpoints(fsspec.filesystem("file"), str(tmp_path / "out"), "fp")
+    writer = PartWriter(cp, files(30, 30), ["s0", "s1"])
+    writer.interval = 3600
+    writer.add(Unit(0, 0, 10), scored(0, ["a"], ["d1"], [1]))
+    writer.add(Unit(1, 20, 30), scored(1, ["b"], ["d1"], [1]))
+    writer.add(Unit(0, 10, 20), scored(2, ["c"], ["d1"], [1]))
+    assert writer.written == [] and cp.load(["s0", "s1"]) == []  # nothing due yet
+    writer.flush()
+    assert [(e.sid, e.ranges, e.rows) for e in cp.load(["s0", "s1"])] == [("s0", [[0, 20]], 2), ("s1", [[20, 30]], 1)]
+    writer.interval = 0
+    writer.add(Unit(0, 20, 30), scored(0, ["d"], ["d1"], [1]))  # due at once
+    assert [e.ranges for e in cp.load(["s0"])] == [[[0, 20]], [[20, 30]]]
 
 
 def test_another_config_or_a_changed_input_file_gets_other_checkpoints(tmp_path: Path) -> None:
@@ -72,14 +103,17 @@ def test_another_config_or_a_changed_input_file_gets_other_checkpoints(tmp_path:
     assert shard_id(fs, f) != before
 
 
-def test_queries_disjoint_tells_whether_any_query_spans_two_shards(tmp_path: Path) -> None:
+def test_queries_disjoint_tells_whether_any_query_spans_two_input_files(tmp_path: Path) -> None:
     fs = fsspec.filesystem("file")
     cp = Checkpoints(fs, str(tmp_path / "out"), "fp")
-    shards = {"s0": scored(0, ["a", "a", "b"], ["d1", "d2", "d1"], [1, 1, 1]),
-              "s1": scored(0, ["c", "d"], ["d1", "d1"], [1, 1]),
-              "s2": scored(0, ["e", "b"], ["d3", "d4"], [1, 1])}
-    for (sid, table), file in zip(shards.items(), files(3, 2, 2)):
-        cp.write(sid, file, table)
-    assert cp.queries_disjoint(["s0", "s1"]) and cp.queries_disjoint(["s1", "s2"])
-    assert not cp.queries_disjoint(["s0", "s1", "s2"])  # query b is in s0 and s2
+    parts = [("s0", (0, 2), scored(0, ["a", "a"], ["d1", "d2"], [1, 1])),
+             ("s0", (2, 3), scored(0, ["a", "b"], ["d3", "d1"], [1, 1])),  # a spans two parts of one file
+             ("s1", (0, 2), scored(0, ["c", "d"], ["d1", "d1"], [1, 1])),
+             ("s2", (0, 2), scored(0, ["e", "b"], ["d3", "d4"], [1, 1]))]
+    for sid, rows, table in parts:
+        cp.write(sid, files(3)[0], [rows], table)
+    entries = cp.load(["s0", "s1", "s2"])
+    of = lambda *sids: [e for e in entries if e.sid in sids]  # noqa: E731
+    assert cp.queries_disjoint(of("s0", "s1")) and cp.queries_disjoint(of("s1", "s2"))
+    assert not cp.queries_disjoint(entries)  # query b is in s0 and s2
     assert cp.queries_disjoint([])

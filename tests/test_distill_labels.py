@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 CONFIG = REPO / "configs" / "distill_qwen3_8b_bge_m3.yaml"
 
 
+@pytest.mark.slow
 def test_two_teachers_label_the_sample_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        tiny_models_built: TinyModelBuilds) -> None:

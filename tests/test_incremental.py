@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pytest
 
 from tests.conftest import job_config, sample_pairs, write_config, write_shards
 from tests.ray_head import RayHead, driver, finish
@@ -39,6 +40,7 @@ def scores(out: Path) -> dict[tuple[str, str], float]:
     return dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()), t["score"].to_pylist()))
 
 
+@pytest.mark.slow
 def test_the_second_night_scores_only_what_changed(ray_head: RayHead, tmp_path: Path, tiny_bert_dir: str) -> None:
     cache = tmp_path / "cache"
     first = sample_pairs()

@@ -34,7 +34,7 @@ def spread_input(tmp_path: Path) -> tuple[Path, pa.Table]:
         "doc": ["边界层的传热实验", "Boundary layer 传热 mixed text", "超音速流动", *["identical"] * 3],
         "bm25_score": [3.0, 2.0, 1.0, 1.0, 1.0, 1.0], "bm25_rank": [1, 2, 3, 1, 2, 3], "lang": ["zh"] * 3 + ["en"] * 3,
     }).cast(table.schema)
-    table = pa.concat_tables([table, extra])
+    table = pa.concat_tables([extra, table])  # (the ties lead the first file: scored in one batch)
     q5 = pc.equal(table["qid"], "5")
     rest = table.filter(pc.invert(q5))
     five = table.filter(q5)

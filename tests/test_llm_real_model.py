@@ -45,6 +45,7 @@ def full_forward_scores(model_dir: str, texts: list[str]) -> np.ndarray:
     return np.array(out)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_smollm2_scores_every_pair_the_same_way_twice(tmp_path: Path, smollm2_dir: str) -> None:
     table = sample_pairs()

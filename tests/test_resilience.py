@@ -1,7 +1,7 @@
 """Nightly reliability on a real cluster (`ray start --head`), with the driver as a subprocess:
-a driver SIGKILLed mid-run resumes exactly once, a killed actor costs nothing, an actor that
-dies every time stops the job after actor.max_restarts, and a row that makes the model raise
-is quarantined while the rest of the job finishes.
+a driver SIGKILLed at 60% resumes exactly once having lost seconds, not files; a killed actor
+costs nothing; an actor that dies every time stops the job after actor.max_restarts; and a row
+that makes the model raise is quarantined while the rest of the job finishes.
 
 Faults are injected through BATCH_RERANK_TEST_FAULTS (reranker_actors/faults.py), which
 the job forwards to its workers.
@@ -20,13 +20,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 import torch
 
 from reranker_actors.registry import build_reranker
 from tests.conftest import job_config, published, sample_pairs, write_config, write_shards
 from tests.ray_head import RayHead, driver, finish
 
+pytestmark = pytest.mark.slow  # (each over 25 s on 2 cores: make test-slow)
+
 SHARDS = 6
+FILES = 8
 
 
 def setup_job(tmp_path: Path, model: str, **sections: Any) -> tuple[Path, pa.Table]:
@@ -64,35 +68,40 @@ def counted(path: Path) -> int:
     return sum(int(n) for n in path.read_text().split()) if path.exists() else 0
 
 
-def test_a_driver_killed_mid_run_resumes_exactly_once(ray_head: RayHead, tmp_path: Path,
-                                                       tiny_bert_dir: str) -> None:
-    config, table = setup_job(tmp_path, tiny_bert_dir)
+def test_a_driver_killed_at_60_percent_loses_seconds_not_files(ray_head: RayHead, tmp_path: Path,
+                                                              tiny_bert_dir: str) -> None:
+    """The nightly shape that used to lose everything: many small files, every query spread
+    over all of them. Rows become durable as they come out of the pool, whatever the files."""
+    table = sample_pairs()
+    files = [table.filter(pa.array(np.arange(len(table)) % FILES == i)) for i in range(FILES)]
+    in_dir = write_shards(tmp_path / "in", files)
+    config = write_config(tmp_path / "job.yaml", job_config(tmp_path, in_dir, tiny_bert_dir,
+                                                            actor={"batch_size": 25}))
     first_count, second_count = tmp_path / "scored-1", tmp_path / "scored-2"
-    # (slowed down so the kill lands mid-run: after 2 shards, the other 4 take 16 batches x 0.5 s)
-    proc = driver(ray_head, config, {"sleep_per_batch": 0.5, "count_file": str(first_count)})
-    manifest = tmp_path / "out" / "_checkpoints"
+    # (slowed down so the kill lands mid-run: 24 batches x 0.4 s)
+    proc = driver(ray_head, config, {"sleep_per_batch": 0.4, "count_file": str(first_count)})
     deadline = time.time() + 300
-    while len(list(manifest.glob("*/manifest/*.json"))) < 2:
+    while counted(first_count) < 0.6 * len(table):
         assert proc.poll() is None, f"driver ended before the kill: {finish(proc)[1][-3000:]}"
-        assert time.time() < deadline, "no shard was checkpointed within 300 s"
-        time.sleep(0.2)
+        assert time.time() < deadline, "60% of the pairs were not scored within 300 s"
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    done = {p.name: json.loads(p.read_text()) for p in manifest.glob("*/manifest/*.json")}
-    assert 2 <= len(done) < SHARDS, "the kill must land mid-run"
     assert not published(tmp_path / "out")
-    shard_bytes = {p.name: p.read_bytes() for p in manifest.glob("*/shards/*.parquet")}
+    manifest = tmp_path / "out" / "_checkpoints"
+    durable = sum(json.loads(p.read_text())["rows"] for p in manifest.glob("*/manifest/*.json"))
 
     code, log = finish(driver(ray_head, config, {"count_file": str(second_count)}))
     assert code == 0, log[-4000:]
     report = json.loads((tmp_path / "out" / "_run_report.json").read_text())
-    resumed_pairs = sum(e["rows"] for e in done.values())
-    assert report["resumed_files"] == len(done)
-    # The model saw exactly the pairs of the shards that were not complete, once each.
-    assert counted(second_count) == report["scored_now"] == len(table) - resumed_pairs
-    assert counted(first_count) >= resumed_pairs
+    assert report["resumed_pairs"] == durable
+    # Lost at the kill: the batches in flight and about a second of finished ones, not the
+    # 60% that no input file had finished.
+    assert durable >= 0.4 * len(table), f"only {durable} of {len(table)} pairs were durable at 60%"
+    # The model saw exactly the pairs that were not durable, once each.
+    assert counted(second_count) == report["scored_now"] == len(table) - durable
     assert_exactly_once(tmp_path / "out", table, scores_by_pair(tiny_bert_dir, table))
-    assert len(shard_bytes) >= len(done) and not manifest.exists()  # removed after the commit
+    assert not manifest.exists()  # removed after the commit
 
 
 def test_an_actor_killed_mid_batch_is_restarted_and_the_output_is_exact(

@@ -55,6 +55,7 @@ def s3(endpoint: str) -> s3fs.S3FileSystem:
     return s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, client_kwargs={"endpoint_url": endpoint})
 
 
+@pytest.mark.slow
 def test_input_output_and_model_on_s3_through_ray_job_submit(ray_head: RayHead, moto: str, tmp_path: Path,
                                                              tiny_bert_dir: str) -> None:
     fs = s3(moto)

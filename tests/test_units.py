@@ -1,0 +1,66 @@
+"""The score stage's read units: the row ranges no checkpoint holds, cut into units of about
+one batch, read row group by row group (each read once), with pair counts from the footers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.config import InputConfig
+from jobs.inputs import discover
+from jobs.units import UnitDatasource, merge, missing, plan_units, read_units
+
+
+def test_missing_is_the_complement_of_what_is_done() -> None:
+    assert merge([(5, 9), (0, 2), (2, 4), (8, 12)]) == [(0, 4), (5, 12)]
+    assert missing([], 10) == [(0, 10)]
+    assert missing([(0, 3), (5, 7), (3, 4)], 10) == [(4, 5), (7, 10)]
+    assert missing([(0, 10)], 10) == []
+
+
+def write(path: Path, rows: int, row_group: int) -> None:
+    table = pa.table({"query_id": [f"q{i // 4}" for i in range(rows)], "query": ["what"] * rows,
+                      "doc_id": [f"d{i}" for i in range(rows)], "doc": [f"text {i}" for i in range(rows)]})
+    pq.write_table(table, path, row_group_size=row_group)
+
+
+def test_units_cover_every_pending_row_once_and_read_back_exactly(tmp_path: Path) -> None:
+    write(tmp_path / "a.parquet", 50, row_group=16)
+    write(tmp_path / "b.parquet", 7, row_group=100)
+    inputs = discover(InputConfig(path=str(tmp_path)))
+    assert [f.row_groups for f in inputs.files] == [(16, 16, 16, 2), (7,)]
+    units = plan_units(inputs.files, {0: [(10, 30)]}, pairs=12)
+    assert [(u.file, u.start, u.stop) for u in units] == [
+        (0, 0, 10), (0, 30, 42), (0, 42, 50), (1, 0, 7)]
+    blocks = list(read_units(inputs.fs, inputs.files[0], [(i, u.start, u.stop) for i, u in enumerate(units[:3])],
+                             inputs.columns))
+    whole = pq.read_table(tmp_path / "a.parquet")
+    for i, (unit, block) in enumerate(zip(units, blocks)):  # (unit 1 spans two row groups)
+        assert block.select(whole.column_names).equals(whole.slice(unit.start, unit.num_rows))
+        assert block["_shard"].to_pylist() == [i] * unit.num_rows
+        assert set(block["path"].to_pylist()) == {str(tmp_path / "a.parquet")}
+
+
+def test_a_read_task_reads_consecutive_units_of_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "a.parquet", 40, row_group=8)
+    write(tmp_path / "b.parquet", 8, row_group=8)
+    inputs = discover(InputConfig(path=str(tmp_path)))
+    units = plan_units(inputs.files, {}, pairs=4)
+    monkeypatch.setattr("jobs.units.READ_TASK_PAIRS", 20)
+    tasks = UnitDatasource(inputs.fs, inputs.files, units, inputs.columns).get_read_tasks(1)
+    assert [t.metadata.num_rows for t in tasks] == [20, 20, 8]  # never two files in one task
+    rows = pa.concat_tables([b for t in tasks for b in t()])
+    assert sorted(rows["_shard"].to_pylist()) == [i for i, u in enumerate(units) for _ in range(u.num_rows)]
+
+
+def test_nested_files_count_their_candidates_as_pairs(tmp_path: Path) -> None:
+    candidates = [[{"doc_id": f"d{j}", "doc": "text"} for j in range(n)] for n in (3, 0, 5)]
+    pq.write_table(pa.table({"query_id": ["a", "b", "c"], "query": ["x", "y", "z"], "candidates": candidates}),
+                   tmp_path / "n.parquet")
+    inputs = discover(InputConfig(path=str(tmp_path), layout="nested"))
+    assert inputs.files[0].num_rows == 3 and 8 <= inputs.files[0].pairs <= 9  # (an empty list stores one null)
+    assert [(u.start, u.stop) for u in plan_units(inputs.files, {}, pairs=6)] == [(0, 2), (2, 3)]
+
