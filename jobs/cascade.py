@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray.data
 
+from jobs.checkpoints import FileParts
 from jobs.config import JobConfig
 from jobs.fs import arrow_filesystem
 from jobs.ranking import CascadeRanker, StageRanker, advancing, rank_queries
@@ -60,10 +61,10 @@ def rank_stage_one(table: pa.Table, ranker: StageRanker) -> pa.Table:
     return ranker(_as_stage1(table))
 
 
-def rank_cascade(cfg: JobConfig, scored: list[list[str]], staging: str, dest: str, fs: fsspec.AbstractFileSystem,
+def rank_cascade(cfg: JobConfig, scored: list[FileParts], staging: str, dest: str, fs: fsspec.AbstractFileSystem,
                  num_pairs: int, by_file: bool, caches: Sequence[Any] | None = None) -> list[str]:
     """Run stages 2.. over the stage-1 checkpoints and write the final ranking to `dest`.
-    `scored`: the stage-1 checkpoint files, one list per input file. by_file: no query spans
+    `scored`: the stage-1 checkpoint files, per input file. by_file: no query spans
     two input files, so stage 1 is ranked file by file.
 
     `caches`: per stage 2.., an ObjectRef of the jobs.score_cache.CacheIndex its actors

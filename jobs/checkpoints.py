@@ -10,11 +10,11 @@ fingerprint: a hash of every config value that changes what is scored or how
 shard id (`sid`): a hash of the input file's URL and fsspec `ukey` (size + mtime locally,
   the ETag on S3), so an input file that changed is scored again; its old parts are ignored.
 The score stage reads the input in units of about one actor batch (jobs.units). The driver
-collects the units that come out complete and writes them every second or few, one part per
-input file (UnitAssembler, PartWriter). A part counts only when its manifest entry exists
+collects the units that come out complete and writes them about every second, on a thread
+of its own, one part per input file (UnitAssembler, PartWriter). A part counts only when its manifest entry exists
 and the part's sha256 matches it. A part is written whole (local: temp name, then rename;
 S3: one PUT), so a crash leaves at worst a part without a manifest entry, which is ignored.
-A crash loses the units in flight and the last second or few of finished ones.
+A crash loses the units in flight and the last second or so of finished ones (a few on S3).
 `_checkpoints/` is removed after a successful commit.
 """
 
@@ -27,7 +27,7 @@ import json
 import posixpath
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import fsspec
@@ -55,10 +55,7 @@ from jobs.units import Unit, merge
 
 FORMAT_VERSION = 3
 CHECKPOINTS = "_checkpoints"
-# Complete units are written at least MIN_FLUSH_S apart, and writing takes at most 1/WRITE_SHARE
-# of the driver's time: about every second on a local disk, every few seconds on S3.
-MIN_FLUSH_S = 1.0
-WRITE_SHARE = 20
+FLUSH_S = 1.0  # complete units wait at most this long, plus one write, before theirs starts
 
 
 def fingerprint(parts: dict) -> str:
@@ -86,6 +83,14 @@ class PartEntry:
     file: str  # the part file's name
     cached: int = 0  # pairs whose score came from the score cache (summed over scorers)
     attention: list[str] = field(default_factory=list)  # the attention paths the scorers ran
+
+
+@dataclass
+class FileParts:
+    """The checkpoint parts of one input file."""
+
+    files: list[str]
+    pairs: int
 
 
 class Checkpoints:
@@ -160,11 +165,13 @@ class Checkpoints:
         self.fs.pipe_file(self._path("manifest", name, "json"), json.dumps(asdict(entry), indent=1).encode())
         return entry
 
-    def by_input(self, entries: list[PartEntry]) -> list[list[str]]:
-        """The part files of `entries`, one list per input file (in the entries' order)."""
-        groups: dict[str, list[str]] = {}
+    def by_input(self, entries: list[PartEntry]) -> list[FileParts]:
+        """The parts of `entries`, per input file (in the entries' order)."""
+        groups: dict[str, FileParts] = {}
         for entry in entries:
-            groups.setdefault(entry.sid, []).append(self.part_file(entry))
+            group = groups.setdefault(entry.sid, FileParts([], 0))
+            group.files.append(self.part_file(entry))
+            group.pairs += entry.rows
         return list(groups.values())
 
     def queries_disjoint(self, entries: list[PartEntry]) -> bool:
@@ -241,28 +248,40 @@ class UnitAssembler:
 
 
 class PartWriter:
-    """Buffers complete units and writes them, one part per input file, once `interval`
-    seconds have passed since the last write (and at the end). The interval is MIN_FLUSH_S,
-    or WRITE_SHARE times what the last write took when the filesystem is slow (S3)."""
+    """Writes complete units, one part per input file, on a thread of its own: a write
+    starts once FLUSH_S has passed since the last one started and it has finished, with
+    every unit completed since. A slow filesystem (S3) makes writes bigger, not the
+    driver slower; a crash loses at most the units of one write and FLUSH_S."""
 
     def __init__(self, checkpoints: Checkpoints, files: list[InputFile], sids: list[str]) -> None:
         self.checkpoints, self.files, self.sids = checkpoints, files, sids
         self.pending: dict[int, list[tuple[Unit, pa.Table]]] = {}
         self.written: list[PartEntry] = []
-        self.interval = MIN_FLUSH_S
-        self.last = time.monotonic()
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoints")
+        self.writing: Future[None] | None = None
+        self.started = time.monotonic()
 
     def add(self, unit: Unit, table: pa.Table) -> None:
         self.pending.setdefault(unit.file, []).append((unit, table))
-        if time.monotonic() - self.last >= self.interval:
-            self.flush()
+        if time.monotonic() - self.started >= FLUSH_S and (self.writing is None or self.writing.done()):
+            self._start_write()
 
-    def flush(self) -> None:
-        start = time.monotonic()
-        for index, done in sorted(self.pending.items()):
+    def _start_write(self) -> None:
+        if self.writing is not None:
+            self.writing.result()  # (a failed write fails the run here)
+        batch, self.pending = self.pending, {}
+        self.started = time.monotonic()
+        self.writing = self.thread.submit(self._write, batch)
+
+    def _write(self, batch: dict[int, list[tuple[Unit, pa.Table]]]) -> None:
+        for index, done in sorted(batch.items()):
             ranges = merge([(u.start, u.stop) for u, _ in done])
             table = pa.concat_tables([t for _, t in done], promote_options="permissive")
             self.written.append(self.checkpoints.write(self.sids[index], self.files[index], ranges, table))
-        self.pending.clear()
-        self.last = time.monotonic()
-        self.interval = max(MIN_FLUSH_S, WRITE_SHARE * (self.last - start))
+
+    def flush(self) -> None:
+        """Write everything complete so far and wait for it."""
+        self._start_write()
+        assert self.writing is not None
+        self.writing.result()
+        self.writing = None

@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from jobs.checkpoints import Checkpoints, fingerprint
+from jobs.checkpoints import Checkpoints, FileParts, fingerprint
 from jobs.config import ActorConfig, InputConfig, RayConfig
 from jobs.errors import InputError
 from jobs.evaluate import Qrels, load_qrels, mean
@@ -63,7 +63,7 @@ class Run:
     caches: RunCaches
     clock: Stopwatch
     cache_refs: list[Any] = field(default_factory=list)  # per scorer: ObjectRef of its cache index, or None
-    groups: list[list[str]] = field(default_factory=list)  # the checkpoint files, one list per input file
+    groups: list[FileParts] = field(default_factory=list)  # the checkpoint files, per input file
     by_file: bool = False  # no query has rows in two input files: whole queries go file by file
 
 
@@ -173,7 +173,7 @@ def run_job(job: Job) -> RunSummary:
             scored = _score(job, run)
             run.groups = run.checkpoints.by_input(scored.entries)
             run.by_file = run.checkpoints.queries_disjoint(scored.entries)
-            shards = [f for group in run.groups for f in group]
+            shards = [f for group in run.groups for f in group.files]
             produced = job.produce(run, scored, shards)
             quarantined = write_quarantine(run.out.fs, run.checkpoints, scored, run.out.staging(QUARANTINE))
             per_query = job.evaluate(run, shards, produced) if run.qrels else {}

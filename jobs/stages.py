@@ -3,9 +3,9 @@
 score:  UnitDatasource (the row ranges without a checkpoint, in units of about one batch)
         -> Normalizer (tasks) -> ScoreActor (actor pool) -> driver: UnitAssembler ->
         PartWriter (complete units, every few seconds, one part per input file)
-rank:   checkpoints -> drop skipped -> Ranker over whole queries -> ranked staging: one task
-        per input file's parts when no query spans two input files, else one task for up to
-        a million pairs, else map_groups(query_id) after a shuffle
+rank:   checkpoints -> drop skipped -> Ranker over whole queries -> ranked staging: whole
+        input files packed into tasks when no query spans two input files, else one task for
+        up to a million pairs, else map_groups(query_id) after a shuffle
 quarantine: checkpoints -> skipped rows with their reason and input file
 Checkpoints hold ids, scores and pass-through columns (no texts), so the driver and
 the shuffle that gathers each query's candidates move little data.
@@ -27,7 +27,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
 
-from jobs.checkpoints import Checkpoints, PartEntry, PartWriter, UnitAssembler, shard_id
+from jobs.checkpoints import Checkpoints, FileParts, PartEntry, PartWriter, UnitAssembler, shard_id
 from jobs.config import ActorConfig, InputConfig, JobConfig
 from jobs.fs import arrow_filesystem
 from jobs.inputs import Inputs
@@ -169,19 +169,21 @@ class ActorWindow:
         return pairs / busy if busy > 0 else 0.0
 
 
-def map_queries(shards: list[list[str]], fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any], dest: str,
+def map_queries(shards: list[FileParts], fn: Callable[..., pa.Table], fn_kwargs: dict[str, Any], dest: str,
                 fs: fsspec.AbstractFileSystem, pairs: int, by_file: bool) -> None:
     """Apply `fn`, which takes whole queries (any number of them), to the rows of the
-    checkpoint files `shards` (one list per input file), and write what it returns under `dest`.
+    checkpoint files `shards` (per input file), and write what it returns under `dest`.
 
-    by_file: no query has rows in two input files (Checkpoints.queries_disjoint), so each
-    input file's parts are one task. Otherwise each query's rows must be gathered from every
-    file first: with up to ROWS_PER_RANK_PARTITION pairs in all, one task reads them all;
-    with more, Ray Data's groupby(query_id) shuffles them across the cluster into partitions.
+    by_file: no query has rows in two input files (Checkpoints.queries_disjoint), so whole
+    input files go to tasks: consecutive files together, up to ROWS_PER_RANK_PARTITION
+    pairs a task and at least as many tasks as the cluster has CPUs. Otherwise each query's
+    rows must be gathered from every file first: with up to ROWS_PER_RANK_PARTITION pairs
+    in all, one task reads them all; with more, Ray Data's groupby(query_id) shuffles them
+    across the cluster into partitions.
     """
-    files = [f for group in shards for f in group]
+    files = [f for group in shards for f in group.files]
     if by_file or rank_partitions(pairs) == 1:
-        groups = shards if by_file else [files]
+        groups = _tasks(shards) if by_file else [files]
         ray.get([_map_files.remote(group, fn, fn_kwargs, posixpath.join(dest, f"part-{i:05d}.parquet"), fs)
                  for i, group in enumerate(groups)])
         return
@@ -189,6 +191,21 @@ def map_queries(shards: list[list[str]], fn: Callable[..., pa.Table], fn_kwargs:
     ds = ds.groupby(QUERY_ID, num_partitions=rank_partitions(pairs)).map_groups(
         fn, batch_format="pyarrow", fn_kwargs=fn_kwargs)
     ds.write_parquet(dest, filesystem=ray_filesystem(fs))
+
+
+def _tasks(shards: list[FileParts]) -> list[list[str]]:
+    """Consecutive input files' parts, packed into tasks (see map_queries)."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    target = min(ROWS_PER_RANK_PARTITION, math.ceil(sum(g.pairs for g in shards) / cpus))
+    tasks: list[list[str]] = []
+    pairs = 0
+    for group in shards:
+        if not tasks or pairs + group.pairs > target:
+            tasks.append([])
+            pairs = 0
+        tasks[-1] += group.files
+        pairs += group.pairs
+    return tasks
 
 
 @ray.remote
@@ -211,7 +228,7 @@ def rank_valid(table: pa.Table, ranker: Ranker) -> pa.Table:
     return ranker(table.filter(pc.is_null(table[SKIP_REASON])).drop_columns([SKIP_REASON]))
 
 
-def rank_pairs(cfg: JobConfig, scored: list[list[str]], dest: str, fs: fsspec.AbstractFileSystem,
+def rank_pairs(cfg: JobConfig, scored: list[FileParts], dest: str, fs: fsspec.AbstractFileSystem,
                num_pairs: int, by_file: bool) -> None:
     ranker = Ranker(
         model=cfg.reranker.model, top_k=cfg.rank.top_k, on_duplicate=cfg.input.on_duplicate,

@@ -74,22 +74,26 @@ def test_entries_load_in_input_and_row_order(tmp_path: Path) -> None:
     other = cp.write("s1", files(9)[0], [(0, 9)], scored(0, ["c"], ["d1"], [1]))
     early = cp.write("s0", files(9)[0], [(0, 2), (3, 5)], scored(0, ["a"], ["d1"], [1]))
     assert cp.load(["s0", "s1"]) == [early, late, other]
-    assert cp.by_input(cp.load(["s1", "s0"])) == [[cp.part_file(other)], [cp.part_file(early), cp.part_file(late)]]
+    assert [(g.files, g.pairs) for g in cp.by_input(cp.load(["s1", "s0"]))] == [
+        ([cp.part_file(other)], 1), ([cp.part_file(early), cp.part_file(late)], 2)]
 
 
-def test_the_writer_writes_complete_units_in_one_part_per_file_per_flush(tmp_path: Path) -> None:
+def test_the_writer_writes_complete_units_in_one_part_per_file_per_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cp = Checkpoints(fsspec.filesystem("file"), str(tmp_path / "out"), "fp")
+    monkeypatch.setattr("jobs.checkpoints.FLUSH_S", 3600.0)
     writer = PartWriter(cp, files(30, 30), ["s0", "s1"])
-    writer.interval = 3600
     writer.add(Unit(0, 0, 10), scored(0, ["a"], ["d1"], [1]))
     writer.add(Unit(1, 20, 30), scored(1, ["b"], ["d1"], [1]))
     writer.add(Unit(0, 10, 20), scored(2, ["c"], ["d1"], [1]))
     assert writer.written == [] and cp.load(["s0", "s1"]) == []  # nothing due yet
     writer.flush()
     assert [(e.sid, e.ranges, e.rows) for e in cp.load(["s0", "s1"])] == [("s0", [[0, 20]], 2), ("s1", [[20, 30]], 1)]
-    writer.interval = 0
-    writer.add(Unit(0, 20, 30), scored(0, ["d"], ["d1"], [1]))  # due at once
+    monkeypatch.setattr("jobs.checkpoints.FLUSH_S", 0.0)
+    writer.add(Unit(0, 20, 30), scored(0, ["d"], ["d1"], [1]))  # due at once, written on the writer's thread
+    writer.flush()
     assert [e.ranges for e in cp.load(["s0"])] == [[[0, 20]], [[20, 30]]]
+    assert len(writer.written) == 3
 
 
 def test_another_config_or_a_changed_input_file_gets_other_checkpoints(tmp_path: Path) -> None:
