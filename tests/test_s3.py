@@ -51,16 +51,19 @@ def moto() -> Iterator[str]:
         proc.wait(timeout=15)
 
 
-def s3(endpoint: str) -> s3fs.S3FileSystem:
-    return s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, client_kwargs={"endpoint_url": endpoint})
+def s3(endpoint: str, *buckets: str) -> s3fs.S3FileSystem:
+    """A client of moto_server at `endpoint`, with `buckets` there (made if missing)."""
+    fs = s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, client_kwargs={"endpoint_url": endpoint})
+    for bucket in buckets:
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+    return fs
 
 
 @pytest.mark.slow
 def test_input_output_and_model_on_s3_through_ray_job_submit(ray_head: RayHead, moto: str, tmp_path: Path,
                                                              tiny_bert_dir: str) -> None:
-    fs = s3(moto)
-    fs.mkdir("data")
-    fs.mkdir("models")
+    fs = s3(moto, "data", "models")
     table = sample_pairs()
     for i in range(3):
         with fs.open(f"data/in/shard-{i}.parquet", "wb") as f:
@@ -106,6 +109,7 @@ def test_input_output_and_model_on_s3_through_ray_job_submit(ray_head: RayHead, 
 
 
 def test_a_missing_model_on_s3_fails_fast_naming_it(moto: str, tmp_path: Path) -> None:
+    s3(moto, "models")
     env = os.environ | {"AWS_ENDPOINT_URL": moto, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
     code = ("from reranker_actors.model_cache import local_copy\n"
             "local_copy('s3://models/does-not-exist')\n")
