@@ -123,7 +123,9 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
     if units:
         # (a dataset keeps the DataContext of its creation)
         with actor_pool_deadline([s.actor for s in scorers]):
-            ds = ray.data.read_datasource(UnitDatasource(inputs.fs, inputs.files, units, inputs.columns))
+            source = UnitDatasource(inputs.fs, inputs.files, units, inputs.columns)
+            # (one block per read task, not split further: Normalizer fuses into the read)
+            ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks())
             ds = ds.map_batches(Normalizer(input_cfg), batch_format="pyarrow", batch_size=None)
             # Blocks of at most one batch: an actor call returns (and its rows become durable)
             # batch by batch, not after all the blocks a read task merged into one.

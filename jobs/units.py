@@ -100,13 +100,20 @@ class UnitDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: object = None) -> list[ReadTask]:
-        tasks, group = [], []
+        return [self._task(group) for group in self._groups()]
+
+    def num_tasks(self) -> int:
+        return len(self._groups())
+
+    def _groups(self) -> list[list[int]]:
+        """Unit indices per read task: consecutive units of one file, up to READ_TASK_PAIRS."""
+        groups: list[list[int]] = []
         for index, unit in enumerate(self.units):
-            if group and (self.units[group[0]].file != unit.file or self._pairs([*group, index]) > READ_TASK_PAIRS):
-                tasks.append(self._task(group))
-                group = []
-            group.append(index)
-        return [*tasks, self._task(group)] if group else tasks
+            if not groups or self.units[groups[-1][0]].file != unit.file \
+                    or self._pairs([*groups[-1], index]) > READ_TASK_PAIRS:
+                groups.append([])
+            groups[-1].append(index)
+        return groups
 
     def _pairs(self, group: list[int]) -> float:
         file = self.files[self.units[group[0]].file]
