@@ -259,13 +259,23 @@ def render_report(table: pa.Table, series: list[ScoreSeries], *, title: str,
 def sample_rows(fs: fsspec.AbstractFileSystem, files: list[str], columns: list[str],
                 limit: int = 200_000) -> pa.Table:
     """The first `limit` rows of Parquet `files` (the columns a report draws): a report of a
-    billion-pair run reads a bounded sample, and says how many rows it drew on."""
-    import pyarrow.dataset as pads
+    billion-pair run reads a bounded sample, and says how many rows it drew on. Read file
+    by file, batch by batch, so the driver holds the sample and one batch, whatever the
+    size of the files."""
+    import pyarrow.parquet as pq
 
-    from jobs.fs import arrow_filesystem
-
-    data = pads.dataset(files, filesystem=arrow_filesystem(fs), format="parquet")
-    return data.head(limit, columns=[c for c in dict.fromkeys(columns) if c in data.schema.names])
+    batches: list[pa.RecordBatch] = []
+    rows = 0
+    for path in files:
+        with fs.open(path, "rb") as f:
+            parquet = pq.ParquetFile(f)
+            wanted = [c for c in dict.fromkeys(columns) if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(batch_size=65_536, columns=wanted):
+                batches.append(batch.slice(0, limit - rows))
+                rows += len(batches[-1])
+                if rows >= limit:
+                    return pa.Table.from_batches(batches)
+    return pa.Table.from_batches(batches) if batches else pa.table({})
 
 
 def write_report(fs: fsspec.AbstractFileSystem, path: str, html: str) -> None:

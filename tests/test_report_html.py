@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from jobs.report_html import BINS, MAX_POINTS, ScoreSeries, render_report, write_report
+from jobs.report_html import BINS, MAX_POINTS, ScoreSeries, render_report, sample_rows, write_report
 
 DOC_TEXT = "the secret body of a document"
 QUERY_TEXT = "what the user typed in private"
@@ -239,3 +241,14 @@ def test_write_report_through_fsspec(report: tuple[str, Figures]) -> None:
     fs = fsspec.filesystem("memory")
     write_report(fs, "/out/_run_report.html", report[0])
     assert fs.cat_file("/out/_run_report.html").decode() == report[0]
+
+
+def test_the_report_samples_the_first_rows_of_the_files_it_is_given(tmp_path: Path) -> None:
+    for i in range(3):
+        pq.write_table(pa.table({"query_id": [f"q{i}"] * 100, "rank": list(range(1, 101)), "doc": ["x"] * 100}),
+                       tmp_path / f"part-{i}.parquet", row_group_size=30)
+    files = [str(tmp_path / f"part-{i}.parquet") for i in range(3)]
+    table = sample_rows(fsspec.filesystem("file"), files, ["query_id", "rank", "missing"], limit=150)
+    assert table.column_names == ["query_id", "rank"] and len(table) == 150
+    assert table["query_id"].to_pylist() == ["q0"] * 100 + ["q1"] * 50
+    assert len(sample_rows(fsspec.filesystem("file"), [], ["rank"])) == 0
