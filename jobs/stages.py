@@ -116,8 +116,8 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
     done: dict[int, list[tuple[int, int]]] = {}
     for entry in earlier:
         done.setdefault(index[entry.sid], []).extend((a, b) for a, b in entry.ranges)
-    batch = min(s.actor.batch_size for s in scorers)
-    units = plan_units(inputs.files, done, batch)
+    batch_pairs = min(s.actor.batch_size for s in scorers)
+    units = plan_units(inputs.files, done, batch_pairs)
     writer = PartWriter(checkpoints, inputs.files, sids)
     window = ActorWindow(time.time())
     if units:
@@ -129,7 +129,7 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
             ds = ds.map_batches(Normalizer(input_cfg), batch_format="pyarrow", batch_size=None)
             # Blocks of at most one batch: an actor call returns (and its rows become durable)
             # batch by batch, not after all the blocks a read task merged into one.
-            ds = ds.repartition(target_num_rows_per_block=batch)
+            ds = ds.repartition(target_num_rows_per_block=batch_pairs)
             for i, scorer in enumerate(scorers):
                 keep = keep_texts or i < len(scorers) - 1
                 ds = ds.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(

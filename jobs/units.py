@@ -90,6 +90,7 @@ class UnitDatasource(Datasource):
                  columns: list[str]) -> None:
         super().__init__()
         self.fs, self.files, self.units, self.columns = fs, files, units, columns
+        self.groups = self._groups()
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(self._bytes(u) for u in self.units)
@@ -100,24 +101,23 @@ class UnitDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: object = None) -> list[ReadTask]:
-        return [self._task(group) for group in self._groups()]
+        return [self._task(group) for group in self.groups]
 
     def num_tasks(self) -> int:
-        return len(self._groups())
+        return len(self.groups)
 
     def _groups(self) -> list[list[int]]:
         """Unit indices per read task: consecutive units of one file, up to READ_TASK_PAIRS."""
         groups: list[list[int]] = []
+        pairs = 0.0
         for index, unit in enumerate(self.units):
-            if not groups or self.units[groups[-1][0]].file != unit.file \
-                    or self._pairs([*groups[-1], index]) > READ_TASK_PAIRS:
+            unit_pairs = unit.num_rows * pairs_per_row(self.files[unit.file])
+            if not groups or self.units[groups[-1][0]].file != unit.file or pairs + unit_pairs > READ_TASK_PAIRS:
                 groups.append([])
+                pairs = 0.0
             groups[-1].append(index)
+            pairs += unit_pairs
         return groups
-
-    def _pairs(self, group: list[int]) -> float:
-        file = self.files[self.units[group[0]].file]
-        return sum(self.units[i].num_rows for i in group) * pairs_per_row(file)
 
     def _task(self, group: list[int]) -> ReadTask:
         file = self.files[self.units[group[0]].file]
