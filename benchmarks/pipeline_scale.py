@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline_scale.py [--sizes 1e5,1e6,1e7] [--files 64] [--spread]
         [--candidates 100] [--batch-size 4096] [--rank-partition-rows N] [--work DIR]
+        [--cache-nights [--changed 0.1] [--shard-pairs 4e6]]
 
 Data: synthetic pairs, `--candidates` per query, over `--files` Parquet files: ids `q<n>` and
 `d<n>`, a query of 3-10 and a document of 12-40 words drawn from 1,024 sentences of made-up
@@ -45,12 +46,21 @@ The fit: b of time = a * pairs^b, least squares on log-log over the by-file runs
 Targets: at 10^7 pairs >= 20,000 pairs/s end to end; driver peak RSS at 10^7 within 1.5x of
 10^6; wall time at 10^7 within 12x of 10^6 (without both sizes, the two largest by-file
 sizes run are compared instead, and labelled so).
+
+--cache-nights: per size, after the by-file run (no cache), two nights with `cache.path` and
+`cache.shard_pairs` = `--shard-pairs`: night 1 scores everything and writes the cache; night 2
+reads the same pairs with the document text of every pair whose number is divisible by
+round(1 / `--changed`) revised (so its key changes), serves night 1's cache from
+ceil(pairs / shard_pairs) shard actors, and scores only the changed pairs. The table adds the
+pairs taken from the cache and scored, the shard actors, and the driver's peak RSS against
+the run without a cache (the target: flat in the cache size, within 1.1x).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -83,6 +93,7 @@ TEXTS = 1024  # distinct query sentences and document sentences
 TARGET_PAIRS_PER_S = 20_000
 TARGET_RSS_RATIO = 1.5
 TARGET_TIME_RATIO = 12.0
+TARGET_CACHE_RSS_RATIO = 1.1
 VERIFY_ROWS = 20_000  # input rows of the first file whose output scores are checked
 
 
@@ -148,7 +159,9 @@ def file_rows(index: int, files: int, pairs: int, candidates: int, spread: bool)
     return np.arange(first * candidates, last * candidates, dtype=np.int64)
 
 
-def pairs_table(rows: np.ndarray, candidates: int, texts: tuple[Any, Any]) -> Any:
+def pairs_table(rows: np.ndarray, candidates: int, texts: tuple[Any, Any], revise_every: int = 0) -> Any:
+    """The pairs numbered `rows`; with `revise_every` n, pair numbers divisible by n get a
+    revised document text."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -159,23 +172,28 @@ def pairs_table(rows: np.ndarray, candidates: int, texts: tuple[Any, Any]) -> An
     doc_id = ids("d", rows)
     sentence = texts[1].take(pa.array((query * 7919 + cand * 104_729) % TEXTS))
     noise = ((rows * 2_654_435_761) % 1000).astype(np.float32) / 1e4
+    doc = pc.binary_join_element_wise(sentence, doc_id, " ")
+    if revise_every:
+        revised = pa.array(rows % revise_every == 0)
+        doc = pc.if_else(revised, pc.binary_join_element_wise(doc, pa.scalar("(revised)"), " "), doc)
     return pa.table({
         "query_id": ids("q", query),
         "query": texts[0].take(pa.array(query % TEXTS)),
         "doc_id": doc_id,
-        "doc": pc.binary_join_element_wise(sentence, doc_id, " "),
+        "doc": doc,
         "bm25_score": pa.array(np.float32(30) - cand.astype(np.float32) * np.float32(0.2) + noise),
         "bm25_rank": pa.array((cand + 1).astype(np.int32)),
     })
 
 
-def input_dir(work: Path, pairs: int, files: int, candidates: int, spread: bool) -> Path:
+def input_dir(work: Path, pairs: int, files: int, candidates: int, spread: bool, revise_every: int = 0) -> Path:
     """The input files of one size and layout, generated once (a `.json` beside the directory
     marks it complete)."""
     import pyarrow.parquet as pq
 
     layout = "spread" if spread else "by-file"
-    dest = work / "data" / f"v{DATA_VERSION}-{layout}-{pairs}-pairs-{candidates}-per-query-{files}-files"
+    revised = f"-revised-every-{revise_every}" if revise_every else ""
+    dest = work / "data" / f"v{DATA_VERSION}-{layout}-{pairs}-pairs-{candidates}-per-query-{files}-files{revised}"
     done = dest.with_suffix(".json")
     if done.exists():
         return dest
@@ -186,7 +204,7 @@ def input_dir(work: Path, pairs: int, files: int, candidates: int, spread: bool)
     dest.mkdir(parents=True)
     start, texts = time.perf_counter(), _texts()
     for index in range(files):
-        table = pairs_table(file_rows(index, files, pairs, candidates, spread), candidates, texts)
+        table = pairs_table(file_rows(index, files, pairs, candidates, spread), candidates, texts, revise_every)
         pq.write_table(table, dest / f"part-{index:05d}.parquet.tmp")
         (dest / f"part-{index:05d}.parquet.tmp").rename(dest / f"part-{index:05d}.parquet")
     seconds = time.perf_counter() - start
@@ -302,18 +320,25 @@ def child(spec_path: str) -> None:
     print(summary.render())
 
 
-def run_size(work: Path, inputs: Path, pairs: int, spread: bool, args: argparse.Namespace) -> dict:
+def run_size(work: Path, inputs: Path, pairs: int, spread: bool, args: argparse.Namespace,
+             night: int = 0) -> dict:
+    """One run; `night` 1 or 2: with the score cache under `work` (night 1 writes it)."""
     import yaml
 
     from benchmarks.throughput import run_measured
 
-    run_dir = work / "runs" / f"{'spread' if spread else 'by-file'}-{pairs}"
+    run_dir = work / "runs" / f"{'spread' if spread else 'by-file'}-{pairs}{f'-night{night}' if night else ''}"
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "hooks").mkdir(parents=True)
     cfg = {"input": {"path": str(inputs), "columns": {"score": "bm25_score", "rank": "bm25_rank"}},
            "reranker": {"backend": "cross_encoder", "model": MODEL, "dtype": "float32"},
            "actor": {"pool_size": 1, "num_cpus": 1, "threads": 1, "batch_size": args.batch_size},
            "output": {"path": str(run_dir / "out")}, "ray": {"num_cpus": 2}}
+    if night:
+        cache = work / "runs" / f"cache-{pairs}"
+        if night == 1:
+            shutil.rmtree(cache, ignore_errors=True)
+        cfg["cache"] = {"path": str(cache), "shard_pairs": args.shard_pairs}
     (run_dir / "job.yaml").write_text(yaml.safe_dump(cfg))
     spec = {"config": str(run_dir / "job.yaml"), "input": str(inputs), "output": str(run_dir / "out"),
             "hooks": str(run_dir / "hooks"), "result": str(run_dir / "result.json"),
@@ -326,7 +351,7 @@ def run_size(work: Path, inputs: Path, pairs: int, spread: bool, args: argparse.
         raise SystemExit(f"the run at {pairs:,} pairs failed (exit {code}); log {run_dir / 'log.txt'}:\n{out[-4000:]}")
     result = json.loads((run_dir / "result.json").read_text())
     shutil.rmtree(run_dir / "out")  # (10^7 pairs of output; the result and log stay)
-    return {**result, "tree_rss": tree_peak, "spread": spread}
+    return {**result, "tree_rss": tree_peak, "spread": spread, "night": night, "shard_pairs": args.shard_pairs}
 
 
 # --- the tables -------------------------------------------------------------------------------------
@@ -339,6 +364,11 @@ def fit(sizes: list[int], seconds: list[float]) -> tuple[float, float]:
     """(a, b) of seconds = a * sizes^b, least squares on log-log."""
     b, log_a = np.polyfit(np.log(sizes), np.log(seconds), 1)
     return float(np.exp(log_a)), float(b)
+
+
+def layout(r: dict) -> str:
+    name = "spread" if r["spread"] else "by file"
+    return f"{name}, cache night {r['night']}" if r["night"] else name
 
 
 def print_tables(results: list[dict], args: argparse.Namespace) -> None:
@@ -354,15 +384,15 @@ def print_tables(results: list[dict], args: argparse.Namespace) -> None:
         cells = [f"{r['seconds'][s]:.1f} ({r['score_startup_s']:.1f})" if s == "score"
                  else f"{r['seconds'][s]:.1f}" if s in r["seconds"] else "-" for s in stages]
         other = r["wall"] - sum(r["seconds"].values())
-        print(f"| {'spread' if r['spread'] else 'by file'} | {r['pairs']:,} | {r['ray_init']:.1f} | {r['wall']:.1f} | "
+        print(f"| {layout(r)} | {r['pairs']:,} | {r['ray_init']:.1f} | {r['wall']:.1f} | "
               f"{r['pairs'] / r['wall']:,.0f} | " + " | ".join(cells) + f" | {other:.1f} | {r['rank_path']} | "
               f"{mib(r['driver_rss'])} | {mib(r['tree_rss'])} | {mib(r['store_peak'])} | {mib(r['spilled'])} |")
-    checks = [f"{r['verified']:,} scores at {r['pairs']:,} ({'spread' if r['spread'] else 'by file'}) "
+    checks = [f"{r['verified']:,} scores at {r['pairs']:,} ({layout(r)}) "
               f"with the hook in {r['hooked_workers']} worker processes" for r in results]
     print("\nZeroCostScorer's scores checked against the input texts: " + "; ".join(checks) + ".")
 
     print_over_time(results)
-    by_file = sorted((r for r in results if not r["spread"]), key=lambda r: r["pairs"])
+    by_file = sorted((r for r in results if not r["spread"] and not r["night"]), key=lambda r: r["pairs"])
     if len(by_file) >= 2:
         sizes = [r["pairs"] for r in by_file]
         parts = []
@@ -373,6 +403,7 @@ def print_tables(results: list[dict], args: argparse.Namespace) -> None:
             parts.append(f"{name} {a:.3g} * pairs^{b:.3f}")
         print(f"\nFit over the by-file runs ({', '.join(f'{n:,}' for n in sizes)} pairs): " + "; ".join(parts))
     print_targets(by_file)
+    print_cache_nights(results, by_file)
     pairs_both = sorted({r["pairs"] for r in results if r["spread"]} & {r["pairs"] for r in by_file})
     if pairs_both:
         print("\n| pairs | rank s, by file | rank s, spread | spread / by file | spread's rank path |")
@@ -404,9 +435,30 @@ def print_over_time(results: list[dict]) -> None:
         peak = max(series, key=lambda row: row[1])
         first, last = at(series, up), at(series, end)
         growth = (last[2] - first[2]) / max(r["scored_now"], 1) * 1e6
-        print(f"| {'spread' if r['spread'] else 'by file'} | {r['pairs']:,} | {up:.1f}, {end:.1f} | {peak[0]:.1f} | "
+        print(f"| {layout(r)} | {r['pairs']:,} | {up:.1f}, {end:.1f} | {peak[0]:.1f} | "
               f"{mib(first[1])} | {mib(first[2])}, {mib(last[2])}, {mib(max(row[2] for row in series))} | "
               f"{growth / 2**20:+,.1f} MiB |")
+
+
+def print_cache_nights(results: list[dict], by_file: list[dict]) -> None:
+    """Per size with cache nights: what each night took from the cache, and the driver's
+    peak RSS against the run without a cache."""
+    nights = [r for r in results if r["night"]]
+    if not nights:
+        return
+    plain = {r["pairs"]: r for r in by_file}
+    print("\n| pairs | night | cache entries | from the cache | scored | shard actors | wall s | score s | "
+          "cache write s | driver peak RSS | vs no cache | |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in nights:
+        base = plain.get(r["pairs"])
+        ratio = r["driver_rss"] / base["driver_rss"] if base else float("nan")
+        verdict = "" if not base else "met" if ratio <= TARGET_CACHE_RSS_RATIO else "MISSED"
+        shards = math.ceil(r["cache_entries"] / r["shard_pairs"])
+        print(f"| {r['pairs']:,} | {r['night']} | {r['cache_entries']:,} | {r['cached']:,} | {r['scored_now']:,} | "
+              f"{shards} | {r['wall']:.1f} | {r['seconds']['score']:.1f} | {r['seconds'].get('cache', 0):.1f} | "
+              f"{mib(r['driver_rss'])} | {ratio:.2f}x | {verdict} |")
+    print(f"(target: driver peak RSS with the cache within {TARGET_CACHE_RSS_RATIO}x of the run without one)")
 
 
 def print_targets(by_file: list[dict]) -> None:
@@ -457,6 +509,11 @@ def main() -> None:
     parser.add_argument("--rank-partition-rows", type=int, default=None,
                         help="pairs per partition of the rank stage's shuffle instead of the job's 1,000,000 "
                              "(jobs.stages.ROWS_PER_RANK_PARTITION), to try the shuffle at small sizes")
+    parser.add_argument("--cache-nights", action="store_true",
+                        help="per size, also two nights with the score cache (the second with --changed revised)")
+    parser.add_argument("--changed", type=float, default=0.1, help="share of pairs night 2 revises")
+    parser.add_argument("--shard-pairs", type=lambda s: int(float(s)), default=4_000_000,
+                        help="cache.shard_pairs of the cache nights")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -469,8 +526,13 @@ def main() -> None:
         for pairs in sizes:
             inputs = input_dir(work, pairs, args.files, args.candidates, spread)
             results.append(run_size(work, inputs, pairs, spread, args))
-            print(f"ran {pairs:,} pairs ({'spread' if spread else 'by file'}): {results[-1]['wall']:.1f} s",
-                  file=sys.stderr)
+            print(f"ran {pairs:,} pairs ({layout(results[-1])}): {results[-1]['wall']:.1f} s", file=sys.stderr)
+            if args.cache_nights and not spread:
+                every = round(1 / args.changed)
+                revised = input_dir(work, pairs, args.files, args.candidates, False, every)
+                for night, data in ((1, inputs), (2, revised)):
+                    results.append(run_size(work, data, pairs, False, args, night))
+                    print(f"ran {pairs:,} pairs ({layout(results[-1])}): {results[-1]['wall']:.1f} s", file=sys.stderr)
     print_tables(results, args)
 
 

@@ -108,6 +108,10 @@ class CacheConfig(Section):
     path: str | None = Field(
         None, description="Score cache directory (local or s3://), kept between runs; unset: no cache."
     )
+    shard_pairs: int = Field(
+        25_000_000, gt=0, description="Pairs each cache shard actor serves (20 bytes a pair, about 4x that "
+        "while it loads): a cache of N pairs runs ceil(N / shard_pairs) shard actors, none in the driver."
+    )
 
 
 class JobConfig(Section):

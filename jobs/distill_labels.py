@@ -97,7 +97,7 @@ class Labelled(Produced):
 class DistillJob(Job[Labelled]):
     def __init__(self, cfg: DistillConfig) -> None:
         self.cfg = self.config = cfg
-        self.input, self.output_path, self.cache_path = cfg.input, cfg.output.path, cfg.cache.path
+        self.input, self.output_path, self.cache = cfg.input, cfg.output.path, cfg.cache
         self.ray, self.qrels_path = cfg.ray, cfg.qrels
         self.keep_texts = True  # (the labels carry them)
 
@@ -108,11 +108,11 @@ class DistillJob(Job[Labelled]):
         return [[t.actor for t in self.cfg.teachers]]  # (the teachers' pools run together)
 
     def scorers(self, run: Run) -> list[Scorer]:
-        return [Scorer(t.column, t.reranker, t.actor, ref) for t, ref in zip(self.cfg.teachers, run.cache_refs)]
+        return [Scorer(t.column, t.reranker, t.actor, ref) for t, ref in zip(self.cfg.teachers, run.lookups)]
 
     def checkpoint_settings(self) -> dict[str, Any]:
         return {"teachers": [{"name": t.name, "reranker": score_settings(t.reranker)} for t in self.cfg.teachers],
-                "cache keys": self.cache_path is not None,
+                "cache keys": self.cache.path is not None,
                 "input": self.cfg.input.model_dump(exclude={"path", "on_duplicate"})}
 
     def produce(self, run: Run, scored: Scored, shards: list[str]) -> Labelled:

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from jobs.checkpoints import Checkpoints, FileParts, fingerprint
-from jobs.config import ActorConfig, InputConfig, RayConfig
+from jobs.config import ActorConfig, CacheConfig, InputConfig, RayConfig
 from jobs.errors import InputError
 from jobs.evaluate import Qrels, load_qrels, mean
 from jobs.inputs import Inputs, discover
@@ -62,7 +62,7 @@ class Run:
     checkpoints: Checkpoints
     caches: RunCaches
     clock: Stopwatch
-    cache_refs: list[Any] = field(default_factory=list)  # per scorer: ObjectRef of its cache index, or None
+    lookups: list[Any] = field(default_factory=list)  # per scorer: the ShardedIndex of its cache, or None
     groups: list[FileParts] = field(default_factory=list)  # the checkpoint files, per input file
     by_file: bool = False  # no query has rows in two input files: whole queries go file by file
 
@@ -87,7 +87,7 @@ class Job(ABC, Generic[P]):
     config: BaseModel  # the whole job config (its hash goes into the run report)
     input: InputConfig
     output_path: str
-    cache_path: str | None
+    cache: CacheConfig
     ray: RayConfig
     qrels_path: str | None
     keep_texts: bool  # the checkpoints keep the texts: a later stage scores them again
@@ -134,12 +134,12 @@ def _open(job: Job, clock: Stopwatch) -> Run:
         out = OutputDir(job.output_path)
         out.prepare(inputs.paths, inputs.dirs)
         checkpoints = Checkpoints(out.fs, out.root, fingerprint(job.checkpoint_settings()))
-        return Run(inputs, qrels, out, checkpoints, RunCaches(job.cache_path, job.rerankers()), clock)
+        return Run(inputs, qrels, out, checkpoints, RunCaches(job.cache, job.rerankers()), clock)
 
 
 def _score(job: Job, run: Run) -> Scored:
     with run.clock.stage("score"):
-        run.cache_refs = run.caches.broadcast()
+        run.lookups = run.caches.serve()
         scored = score_pairs(run.inputs, job.input, job.scorers(run), run.checkpoints, keep_texts=job.keep_texts)
     if scored.scored == 0:
         raise InputError(f"input.path {job.input.path!r}: no valid pairs ({scored.pairs} read, "
@@ -170,15 +170,20 @@ def run_job(job: Job) -> RunSummary:
         with ray_session(job.ray) as where:
             for pools in job.pools():
                 check_pool_fits(pools)
-            scored = _score(job, run)
-            run.groups = run.checkpoints.by_input(scored.entries)
-            run.by_file = run.checkpoints.queries_disjoint(scored.entries)
-            shards = [f for group in run.groups for f in group.files]
-            produced = job.produce(run, scored, shards)
+            try:
+                scored = _score(job, run)
+                run.groups = run.checkpoints.by_input(scored.entries)
+                run.by_file = run.checkpoints.queries_disjoint(scored.entries)
+                shards = [f for group in run.groups for f in group.files]
+                produced = job.produce(run, scored, shards)
+            finally:
+                run.caches.close()  # (the cache's shard actors: lookups are over)
             quarantined = write_quarantine(run.out.fs, run.checkpoints, scored, run.out.staging(QUARANTINE))
             per_query = job.evaluate(run, shards, produced) if run.qrels else {}
-            for scorer, files, column in produced.cache_rows if run.caches else []:
-                run.caches.write(scorer, files, run.out.fs, run.out.run_id, column)
+            if run.caches:
+                with run.clock.stage("cache"):
+                    for scorer, files, column in produced.cache_rows:
+                        run.caches.write(scorer, files, run.out.fs, run.out.run_id, column)
             fields = job.summary_fields(run, scored, produced)
         summary = _summary(job, run, where, scored, quarantined, fields, per_query)
         html = job.report(run, produced, summary, per_query)

@@ -12,6 +12,7 @@ With no cluster address (ray.address / RAY_ADDRESS) the job starts a local Ray.
 
 from __future__ import annotations
 
+import posixpath
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from jobs.cascade import rank_cascade
+from jobs.cascade import StageCheckpoints, rank_cascade
 from jobs.cli import run_cli
 from jobs.config import ActorConfig, JobConfig, load_config
 from jobs.evaluate import Run as Ranking
@@ -43,12 +44,13 @@ class Ranked(Produced):
     queries: int = 0
     stage_dirs: list[str] = field(default_factory=list)  # cascade: per stage 2.., the pairs it scored
     stage_cached: list[int] = field(default_factory=list)  # cascade: per stage, pairs from the score cache
+    stage_resumed: list[int] = field(default_factory=list)  # cascade: per stage, pairs an earlier attempt scored
 
 
 class RerankJob(Job[Ranked]):
     def __init__(self, cfg: JobConfig) -> None:
         self.cfg = self.config = cfg
-        self.input, self.output_path, self.cache_path = cfg.input, cfg.output.path, cfg.cache.path
+        self.input, self.output_path, self.cache = cfg.input, cfg.output.path, cfg.cache
         self.ray, self.qrels_path = cfg.ray, cfg.eval.qrels
         self.keep_texts = bool(cfg.cascade)
 
@@ -59,20 +61,23 @@ class RerankJob(Job[Ranked]):
         return [[self.cfg.actor], [stage.actor for stage in self.cfg.cascade]]  # (stages 2.. run together)
 
     def scorers(self, run: Run) -> list[Scorer]:
-        return [Scorer(SCORE, self.cfg.reranker, self.cfg.actor, run.cache_refs[0])]
+        return [Scorer(SCORE, self.cfg.reranker, self.cfg.actor, run.lookups[0])]
 
     def checkpoint_settings(self) -> dict[str, Any]:
         inputs = self.cfg.input.model_dump(exclude={"path", "on_duplicate"})  # (on_duplicate acts after scoring)
         return {"reranker": score_settings(self.cfg.reranker), "input": inputs, "texts kept": self.keep_texts,
-                "cache keys": self.cache_path is not None}
+                "cache keys": self.cache.path is not None}
 
     def produce(self, run: Run, scored: Scored, shards: list[str]) -> Ranked:
         cfg, out = self.cfg, run.out
         ranked = Ranked(out.staging("ranked"), cache_rows=[(0, shards, SCORE)])
         with run.clock.stage("cascade + rank" if cfg.cascade else "rank"):
             if cfg.cascade:
-                ranked.stage_dirs = rank_cascade(cfg, run.groups, out.staging("cascade"), ranked.staged, out.fs,
-                                                 scored.scored, run.by_file, run.cache_refs[1:])
+                resume = StageCheckpoints(out.fs, posixpath.join(run.checkpoints.root, "cascade"), out.run_id,
+                                          cfg.cache.shard_pairs)
+                ranked.stage_dirs, resumed = rank_cascade(cfg, run.groups, out.staging("cascade"), ranked.staged,
+                                                          out.fs, scored.scored, run.by_file, resume, run.lookups[1:])
+                ranked.stage_resumed = [scored.resumed, *resumed]
             else:
                 rank_pairs(cfg, run.groups, ranked.staged, out.fs, scored.scored, run.by_file)
         ranked.files = parquet_files(out.fs, ranked.staged)
@@ -81,8 +86,8 @@ class RerankJob(Job[Ranked]):
         ranked.queries = count_queries(out.fs, ranked.files)
         stage_files = [parquet_files(out.fs, d) for d in ranked.stage_dirs]
         ranked.cache_rows += [(i - 1, files, stage_score(i)) for i, files in enumerate(stage_files, start=2)]
-        ranked.stage_cached = [scored.cached, *(cache_hits(out.fs, files, stage_score(i))
-                                                for i, files in enumerate(stage_files, start=2))]
+        hits = [cache_hits(out.fs, files, stage_score(i)) for i, files in enumerate(stage_files, start=2)]
+        ranked.stage_cached = [scored.cached, *(h - r for h, r in zip(hits, ranked.stage_resumed[1:]))]
         return ranked
 
     def _check_ranked(self, scored: Scored, rows_out: int) -> None:
@@ -125,7 +130,7 @@ class RerankJob(Job[Ranked]):
         data = pads.dataset(produced.files, filesystem=arrow_filesystem(run.out.fs), format="parquet")
         return [{"stage": i, "model": stage.reranker.model, "backend": stage.reranker.backend,
                  "top_n": stage.top_n or None, "pairs": data.count_rows(filter=pc.field(stage_score(i)).is_valid()),
-                 "cached": produced.stage_cached[i - 1]}
+                 "cached": produced.stage_cached[i - 1], "resumed": produced.stage_resumed[i - 1]}
                 for i, (_, stage) in enumerate(self.cfg.stages(), start=1)]
 
     def report(self, run: Run, produced: Ranked, summary: RunSummary,

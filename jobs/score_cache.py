@@ -11,29 +11,33 @@ another model, template or dtype never hits, and neither does a changed text.
 
 After a successful run the namespace holds exactly that run's pairs (the previous files
 are removed after the new ones are written), so the cache stays the size of one night.
-The driver loads it once into sorted arrays and puts them in Ray's object store, where
-every actor on a node reads the same copy (zero-copy): about 20 bytes a pair.
+Its files are split by key range, and the next run serves them from shard actors, each
+holding one range (jobs.cache_shards): about 20 bytes a pair, none of it in the driver.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import re
 from typing import Any
 
 import fsspec
-import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 from fsspec.implementations.local import LocalFileSystem
 
+from jobs.cache_shards import ShardedIndex, cache_rows, range_count, range_file_name
 from jobs.checkpoints import fingerprint
+from jobs.config import CacheConfig
 from jobs.fs import arrow_filesystem, visible_parquet
-from jobs.schema import SCORE, cache_hit_column, cache_key_column
+from jobs.schema import cache_hit_column, cache_key_column
+from jobs.stages import footer_rows
 from reranker_actors.base import RerankerConfig
 from reranker_actors.cache_keys import KEY_TYPE, CacheIndex, namespace_settings, pair_keys
 
 __all__ = ["KEY_TYPE", "CacheIndex", "RunCaches", "ScoreCache", "namespace", "pair_keys"]
+
+_STAGED_RANGE = re.compile(r"/ranges-(\d+)/range=(\d+)/[^/]+$")
 
 
 def namespace(reranker: RerankerConfig | dict[str, Any]) -> str:
@@ -57,14 +61,13 @@ class ScoreCache:
     def files(self) -> list[str]:
         return visible_parquet(self.fs, self.dir) if self.fs.isdir(self.dir) else []
 
-    def load(self) -> CacheIndex:
-        import pyarrow.dataset as pads
+    def pairs(self) -> int:
+        """Pairs the namespace holds (from the files' footers)."""
+        return footer_rows(self.fs, self.files())
 
-        files = self.files()
-        if not files:
-            return CacheIndex.from_table(pa.table({"key": pa.array([], KEY_TYPE), "score": pa.array([], pa.float32())}))
-        data = pads.dataset(files, filesystem=arrow_filesystem(self.fs), format="parquet")
-        return CacheIndex.from_table(data.to_table(columns=["key", "score"]))
+    def serve(self, shard_pairs: int) -> ShardedIndex:
+        """Start the shard actors that serve this namespace's keys to the scoring actors."""
+        return ShardedIndex.serve(self.fs, self.files(), self.pairs(), shard_pairs)
 
     def staging(self, run_id: str) -> str:
         return posixpath.join(self.dir, f"_staging-{run_id}")
@@ -75,7 +78,10 @@ class ScoreCache:
         old = self.files()
         staged = sorted(p for p in self.fs.find(self.staging(run_id)) if p.endswith(".parquet"))
         for i, src in enumerate(staged):
-            self.fs.mv(src, posixpath.join(self.dir, f"part-{run_id}-{i:05d}.parquet"))
+            found = _STAGED_RANGE.search(src)
+            name = (range_file_name(run_id, int(found.group(2)), int(found.group(1)), i) if found
+                    else f"part-{run_id}-{i:05d}.parquet")
+            self.fs.mv(src, posixpath.join(self.dir, name))
         self.fs.pipe_file(posixpath.join(self.dir, "_settings.json"),
                           json.dumps(self.settings, indent=1, sort_keys=True, default=str).encode())
         for path in old:
@@ -93,31 +99,37 @@ class ScoreCache:
 
 class RunCaches:
     """The score caches of one run's scorers (cascade stages or teachers), by scorer index.
-    Scorers whose settings are the same share one namespace, so it is loaded, put in the
-    object store, published and discarded once. No cache.path: no caches, refs all None."""
+    Scorers whose settings are the same share one namespace, so it is served, published and
+    discarded once. No cache.path: no caches, lookups all None."""
 
-    def __init__(self, url: str | None, rerankers: list[RerankerConfig]) -> None:
+    def __init__(self, cfg: CacheConfig, rerankers: list[RerankerConfig]) -> None:
         by_namespace: dict[str, ScoreCache] = {}
+        url = cfg.path
         self.of = [by_namespace.setdefault(namespace(r), ScoreCache(url, r)) for r in rerankers] if url else []
         self.unique = list(by_namespace.values())
         self.scorers = len(rerankers)
-        self.entries: dict[str, int] = {}  # namespace -> pairs it held when loaded
+        self.shard_pairs = cfg.shard_pairs
+        self.entries: dict[str, int] = {}  # namespace -> pairs it held when served
+        self.served: dict[str, ShardedIndex] = {}
 
     def __bool__(self) -> bool:
         return bool(self.of)
 
-    def broadcast(self) -> list[Any]:
-        """Per scorer, an ObjectRef of its cache's CacheIndex (None without a cache)."""
-        refs = {}
+    def serve(self) -> list[ShardedIndex | None]:
+        """Per scorer, the ShardedIndex its actors look keys up in (None without a cache)."""
         for cache in self.unique:
-            index = cache.load()
-            self.entries[cache.namespace] = len(index)
-            refs[cache.namespace] = ray.put(index)
-        return [refs[c.namespace] for c in self.of] if self.of else [None] * self.scorers
+            self.entries[cache.namespace] = cache.pairs()
+            self.served[cache.namespace] = cache.serve(self.shard_pairs)
+        return [self.served[c.namespace] for c in self.of] if self.of else [None] * self.scorers
+
+    def close(self) -> None:
+        """Stop the shard actors."""
+        for index in self.served.values():
+            index.close()
 
     def write(self, scorer: int, files: list[str], fs: fsspec.AbstractFileSystem, run_id: str,
               score_column: str) -> None:
-        write_cache(self.of[scorer], files, fs, run_id, score_column)
+        write_cache(self.of[scorer], files, fs, run_id, score_column, self.shard_pairs)
 
     def publish(self, run_id: str) -> None:
         for cache in self.unique:
@@ -128,24 +140,23 @@ class RunCaches:
             cache.discard(run_id)
 
 
-def cache_rows(batch: pa.Table, key_column: str, score_column: str) -> pa.Table:
-    """map_batches: the (key, score) rows of scored pairs, for the next run's cache."""
-    valid = pc.and_(pc.is_valid(batch[key_column]), pc.is_valid(batch[score_column]))
-    kept = batch.filter(valid)
-    return pa.table({"key": kept[key_column], "score": kept[score_column].cast(pa.float32())})
-
-
 def write_cache(cache: ScoreCache, checkpoint_files: list[str], fs: fsspec.AbstractFileSystem, run_id: str,
-                score_column: str = SCORE) -> None:
-    """Stage this run's (key, score) rows for `publish`, read from the checkpoints."""
+                score_column: str, shard_pairs: int) -> None:
+    """Stage this run's (key, score) rows for `publish`, read from the checkpoints and
+    split into key-range files (one range per hash partition, so one file per range)."""
     import ray.data
 
     from jobs.ray_runtime import ray_filesystem
 
     key = cache_key_column(score_column)
+    ranges = range_count(footer_rows(fs, checkpoint_files), shard_pairs)
     ds = ray.data.read_parquet(checkpoint_files, filesystem=ray_filesystem(fs), columns=[key, score_column])
-    ds = ds.map_batches(cache_rows, batch_format="pyarrow", fn_kwargs={"key_column": key, "score_column": score_column})
-    ds.write_parquet(cache.staging(run_id), filesystem=ray_filesystem(cache.fs))
+    ds = ds.map_batches(cache_rows, batch_format="pyarrow",
+                        fn_kwargs={"key_column": key, "score_column": score_column, "ranges": ranges})
+    if ranges > 1:
+        ds = ds.repartition(ranges, keys=["range"])
+    ds.write_parquet(posixpath.join(cache.staging(run_id), f"ranges-{ranges}"), partition_cols=["range"],
+                     filesystem=ray_filesystem(cache.fs))
 
 
 def cache_hits(fs: fsspec.AbstractFileSystem, files: list[str], score_column: str) -> int:

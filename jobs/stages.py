@@ -93,7 +93,7 @@ class Scorer:
     column: str  # `score`, or a teacher's own column
     reranker: RerankerConfig
     actor: ActorConfig
-    cache: Any = None  # ObjectRef of the jobs.score_cache.CacheIndex to look pairs up in, or None
+    cache: Any = None  # the jobs.cache_shards.ShardedIndex to look pairs up in, or None
 
     def constructor_kwargs(self, on_invalid: str, keep_texts: bool) -> dict[str, Any]:
         return {"reranker": self.reranker.model_dump(), "expect_gpu": self.actor.num_gpus > 0,

@@ -49,7 +49,7 @@ class RunSummary:
     cache: str | None = None  # the score cache's namespace directory, when one is used
     cache_entries: int = 0  # pairs the cache held when the run started
     attention: str = ""  # packed (padding-free) or padded, as the scoring actors ran it
-    stages: list[dict] = field(default_factory=list)  # cascade: per stage model, backend, top_n, pairs, cached
+    stages: list[dict] = field(default_factory=list)  # cascade: per stage model, backend, top_n, pairs, cached, resumed
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> mean metrics
     eval_queries: int = 0
@@ -105,6 +105,7 @@ class RunSummary:
         for stage in self.stages:
             which = f"top {stage['top_n']} per query" if stage["top_n"] else "all pairs"
             cached = f", {stage['cached']:,} from the score cache" if self.cache else ""
+            cached += f", {stage['resumed']:,} resumed from an earlier attempt" if stage.get("resumed") else ""
             lines.append(f"  stage {stage['stage']}   {stage['model']} ({stage['backend']}): "
                          f"{stage['pairs']:,} pairs ({which}{cached})")
         if self.quarantined:

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
 
 from reranker_actors.base import Scores
-from reranker_actors.cache_keys import CacheIndex, pair_keys
+from reranker_actors.cache_keys import KeyLookup, pair_keys
 from reranker_actors.columns import (
     ATTENTION,
     BATCH_END,
@@ -98,10 +97,11 @@ class ScoreActor:
     """
 
     def __init__(self, reranker: dict[str, Any], expect_gpu: bool, threads: int, on_invalid: str,
-                 score_column: str = SCORE, keep_texts: bool = False, cache: Any = None,
+                 score_column: str = SCORE, keep_texts: bool = False, cache: KeyLookup | None = None,
                  max_restarts: int = 3) -> None:
-        """`cache`: a CacheIndex, or an ObjectRef of one, or None. `max_restarts`: how often
-        Ray may restart this actor after it died before it refuses to work."""
+        """`cache`: where to look scores up by pair key (a CacheIndex, or the job's shards of
+        one), or None. `max_restarts`: how often Ray may restart this actor after it died
+        before it refuses to work."""
         began = time.time()
         import torch
 
@@ -110,7 +110,7 @@ class ScoreActor:
         self.score_column, self.keep_texts = score_column, keep_texts
         self.faults = Faults.from_env()
         self.failed: UserError | None = None
-        self.cache: CacheIndex | None = ray.get(cache) if isinstance(cache, ray.ObjectRef) else cache
+        self.cache = cache
         try:
             check_restarts(reranker.get("model", ""), max_restarts)
             self.device = pick_device(expect_gpu)

@@ -4,7 +4,8 @@ A pair's key is a 128-bit BLAKE2b of the dtype the actor resolved, the pair's ta
 instruction, query and document (each length-prefixed), so another dtype or a changed
 text never hits. Everything else a score depends on (model, revision, template, ...)
 names the cache's namespace instead: `namespace_settings`. The job (jobs.score_cache)
-stores and publishes the cache; the actor only looks keys up in a `CacheIndex`.
+stores, publishes and serves the cache (by key range, jobs.cache_shards); the actor only
+looks keys up in a `KeyLookup`: a `CacheIndex`, or the job's shards of one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -48,7 +49,14 @@ def _part(text: str) -> bytes:
     return len(data).to_bytes(8, "little") + data
 
 
-def _halves(keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
+class KeyLookup(Protocol):
+    def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, scores) for `keys`; scores are 0 where not found."""
+        ...
+
+
+def key_halves(keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
+    """Each key's first and last 64 bits, as uint64 (views of the key buffer)."""
     raw = np.frombuffer(keys.buffers()[1], dtype="<u8", count=2 * (len(keys) + keys.offset))
     pairs = raw.reshape(-1, 2)[keys.offset:]
     return pairs[:, 0], pairs[:, 1]
@@ -56,7 +64,8 @@ def _halves(keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class CacheIndex:
-    """Sorted keys (as two uint64 halves) and their scores: lookups by binary search."""
+    """Sorted distinct keys (as two uint64 halves) and their scores: lookups by binary
+    search. A key given twice keeps its first row's score."""
 
     hi: np.ndarray
     lo: np.ndarray
@@ -65,24 +74,30 @@ class CacheIndex:
     @classmethod
     def from_table(cls, table: pa.Table) -> CacheIndex:
         keys = table["key"].combine_chunks() if len(table) else pa.array([], KEY_TYPE)
-        hi, lo = _halves(keys)
-        order = np.lexsort((lo, hi))
+        hi, lo = key_halves(keys)
+        order = np.lexsort((np.arange(len(hi)), lo, hi))
+        hi, lo = hi[order], lo[order]
+        first = np.ones(len(hi), dtype=bool)
+        first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
         score = table["score"].to_numpy().astype(np.float32) if len(table) else np.empty(0, np.float32)
-        return cls(np.ascontiguousarray(hi[order]), np.ascontiguousarray(lo[order]), score[order])
+        return cls(np.ascontiguousarray(hi[first]), np.ascontiguousarray(lo[first]), score[order][first])
 
     def __len__(self) -> int:
         return len(self.hi)
 
     def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, scores) for `keys`; scores are 0 where not found."""
-        hi, lo = _halves(keys)
+        hi, lo = key_halves(keys)
         found = np.zeros(len(keys), dtype=bool)
         scores = np.zeros(len(keys), dtype=np.float32)
         if not len(self.hi):
             return found, scores
         left = np.searchsorted(self.hi, hi, side="left")
         right = np.searchsorted(self.hi, hi, side="right")
-        for i in np.flatnonzero(right > left):  # (several entries share `hi` only by a 64-bit collision)
+        single = np.flatnonzero(right - left == 1)
+        match = self.lo[left[single]] == lo[single]
+        found[single[match]], scores[single[match]] = True, self.score[left[single[match]]]
+        for i in np.flatnonzero(right - left > 1):  # (several entries share `hi` only by a 64-bit collision)
             at = left[i] + np.flatnonzero(self.lo[left[i]:right[i]] == lo[i])
             if len(at):
                 found[i], scores[i] = True, self.score[at[0]]

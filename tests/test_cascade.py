@@ -7,6 +7,8 @@ asked for a `fake_gpu`."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -19,6 +21,10 @@ from tests.ray_head import RayHead, driver, finish
 
 CONFIG = REPO / "configs" / "cascade_minilm_bge_m3.yaml"
 TOP_N = 20
+
+
+def counted(path: Path) -> int:
+    return sum(int(n) for n in path.read_text().split()) if path.exists() else 0
 
 
 def scores(model: str, rows: list[dict]) -> dict[tuple[str, str], float]:
@@ -85,3 +91,42 @@ def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHea
     again = {(r["query_id"], r["doc_id"]): r for r in pads.dataset(str(tmp_path / "night2")).to_table().to_pylist()}
     assert {k: (r["rank"], r["stage1_score"], r["stage2_score"]) for k, r in again.items()} == {
         k: (r["rank"], r["stage1_score"], r["stage2_score"]) for k, r in rows.items()}
+
+
+@pytest.mark.slow
+def test_a_driver_killed_in_stage_two_reruns_only_what_stage_two_had_not_made_durable(
+        ray_head: RayHead, tmp_path: Path, tiny_models_built: TinyModelBuilds) -> None:
+    tiny_xlmr_dir = str(tmp_path / "tiny-xlmr")
+    for kind in ("bert", "xlmr"):
+        tiny_models_built.place(kind, tmp_path / f"tiny-{kind}")
+    overrides = [*header_command(CONFIG, "jobs.rerank", tmp_path), f"cascade.0.actor.resources={{{FAKE_GPU}: 1}}",
+                 "cascade.0.actor.batch_size=20", "cascade.0.actor.pool_size=1"]
+    first_count, second_count = tmp_path / "scored-1", tmp_path / "scored-2"
+    stage_one, stage_two = 600, 20 * TOP_N
+    # (stage 2 slowed down so the kill lands in it: 20 batches x 0.5 s)
+    proc = driver(ray_head, CONFIG, {"sleep_per_batch": 0.5, "count_file": str(first_count)}, *overrides)
+    deadline = time.time() + 300
+    while counted(first_count) < stage_one + stage_two // 2:
+        assert proc.poll() is None, f"driver ended before the kill: {finish(proc)[1][-3000:]}"
+        assert time.time() < deadline, "half of stage 2 was not scored within 300 s"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    out = tmp_path / "out" / "cascade"
+    assert not (out / "_SUCCESS").exists()
+
+    code, log = finish(driver(ray_head, CONFIG, {"count_file": str(second_count)}, *overrides))
+    assert code == 0, log[-4000:]
+    report = json.loads((out / "_run_report.json").read_text())
+    (one, two) = report["stages"]
+    assert one["resumed"] == stage_one and report["scored_now"] == 0
+    # Stage 2's pairs became durable as its pool returned them: the rerun's model saw only the rest.
+    assert 0 < two["resumed"] < stage_two and two["cached"] == 0
+    assert counted(second_count) == stage_two - two["resumed"]
+    rows = {(r["query_id"], r["doc_id"]): r for r in pads.dataset(str(out)).to_table().to_pylist()}
+    source = sample_pairs().to_pylist()
+    assert len(rows) == len(source) == 600
+    second = scores(tiny_xlmr_dir, source)
+    stage2 = [abs(r["stage2_score"] - second[k]) for k, r in rows.items() if r["stage2_score"] is not None]
+    assert len(stage2) == stage_two and max(stage2) < 5e-5  # every stage-2 pair once, its model's score
+    assert not (tmp_path / "out" / "cascade" / "_checkpoints").exists()  # removed after the commit

@@ -1,5 +1,6 @@
 """Incremental nightly runs with the score cache, on a real cluster (`ray start --head`):
-the second night scores only new or changed pairs, and its output equals a full rescoring."""
+the second night scores only new or changed pairs, and its output equals a full rescoring.
+The cache is served by 3 shard actors (cache.shard_pairs 200 for 600 pairs)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
+from jobs.cache_shards import range_count
 from tests.conftest import job_config, sample_pairs, write_config, write_shards
 from tests.ray_head import RayHead, driver, finish
 
@@ -48,7 +50,7 @@ def test_the_second_night_scores_only_what_changed(ray_head: RayHead, tmp_path: 
 
     def night(name: str, table: pa.Table, *overrides: str) -> tuple[dict, Path]:
         in_dir = write_shards(tmp_path / name / "in", [table.slice(0, 300), table.slice(300)])
-        cfg = job_config(tmp_path / name, in_dir, tiny_bert_dir, cache={"path": str(cache)})
+        cfg = job_config(tmp_path / name, in_dir, tiny_bert_dir, cache={"path": str(cache), "shard_pairs": 200})
         count = tmp_path / name / "count"
         code, log = finish(driver(ray_head, write_config(tmp_path / name / "job.yaml", cfg),
                                   {"count_file": str(count)}, *overrides))
@@ -78,6 +80,7 @@ def test_the_second_night_scores_only_what_changed(ray_head: RayHead, tmp_path: 
     assert all(incremental[k] == before[k] for k in unchanged)  # last night's scores, bit for bit
     cache_files = list(cache.glob("*/part-*.parquet"))
     assert pads.dataset([str(p) for p in cache_files]).count_rows() == len(second)  # this night's pairs only
+    assert len(cache_files) == range_count(len(second), 200)  # (one file per key range)
 
     # Another max_length (or model, dtype, template) is another namespace: nothing is reused.
     report, _ = night("night3", second, "reranker.max_length=96")

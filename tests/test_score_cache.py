@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.config import CacheConfig
 from jobs.score_cache import KEY_TYPE, CacheIndex, RunCaches, ScoreCache, namespace, pair_keys
 from reranker_actors.cross_encoder import CrossEncoderConfig
 from reranker_actors.llm_yes_no import LLMYesNoConfig
@@ -80,17 +81,17 @@ def test_publish_replaces_the_previous_runs_files(tmp_path: Path) -> None:
         stage(cache, run, n)
         assert cache.publish(run) == 1
     assert [Path(f).name for f in cache.files()] == ["part-r2-00000.parquet"]
-    assert len(cache.load()) == 2 and (Path(cache.dir) / "_settings.json").exists()
+    assert cache.pairs() == 2 and (Path(cache.dir) / "_settings.json").exists()
     assert not fs.exists(cache.staging("r2"))
 
 
 def test_scorers_with_the_same_settings_share_one_cache_published_once(tmp_path: Path) -> None:
     same, other = CrossEncoderConfig(model="m").model_dump(), CrossEncoderConfig(model="m2").model_dump()
-    caches = RunCaches(str(tmp_path / "cache"), [same, other, same])
+    caches = RunCaches(CacheConfig(path=str(tmp_path / "cache")), [same, other, same])
     assert caches.of[0] is caches.of[2] and len(caches.unique) == 2
     stage(caches.of[0], "r1", 3, "stage1")  # (both scorers that share it stage their rows)
     stage(caches.of[2], "r1", 2, "stage3")
     stage(caches.of[1], "r1", 4)
     caches.publish("r1")
-    assert [len(c.load()) for c in caches.of] == [5, 4, 5]  # (publishing it twice would empty it)
-    assert not RunCaches(None, [same, other]) and RunCaches(None, [same]).unique == []
+    assert [c.pairs() for c in caches.of] == [5, 4, 5]  # (publishing it twice would empty it)
+    assert not RunCaches(CacheConfig(), [same, other]) and RunCaches(CacheConfig(), [same]).unique == []
