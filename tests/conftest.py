@@ -283,3 +283,44 @@ def header_command(config: Path, job: str, tmp_path: Path) -> list[str]:
     words = [w for w in re.sub(r"\\\n", " ", command).split() if "=" in w]
     moved = [re.sub(r"=out/", f"={tmp_path}/out/", w.replace("/tmp/", f"{tmp_path}/")) for w in words]
     return [re.sub(r"=samples/", f"={REPO}/samples/", w) for w in moved]
+
+
+SECRET = "sEcReT-test-credential-4242"
+KEY_ID = "AKIATESTKEY0000"
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[str]:
+    """moto_server on 127.0.0.1, stopped by its PID."""
+    import socket
+    import time
+
+    from tests.ray_head import BIN, free_ports
+
+    (port,) = free_ports(1)
+    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "moto_server did not start"
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def s3(endpoint: str, *buckets: str) -> Any:
+    """An s3fs client of moto_server at `endpoint`, with `buckets` there (made if missing)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, client_kwargs={"endpoint_url": endpoint})
+    for bucket in buckets:
+        if not fs.exists(bucket):
+            fs.mkdir(bucket)
+    return fs

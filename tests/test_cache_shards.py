@@ -16,6 +16,7 @@ from jobs.schema import SCORE, cache_key_column
 from jobs.score_cache import ScoreCache, pair_keys, write_cache
 from reranker_actors.cache_keys import key_halves
 from reranker_actors.cross_encoder import CrossEncoderConfig
+from tests.conftest import s3
 
 
 def keys_and_scores(n: int, tag: str) -> tuple[pa.FixedSizeBinaryArray, np.ndarray]:
@@ -37,15 +38,17 @@ def test_range_files_cut_the_key_space_evenly_and_name_their_range() -> None:
     assert file_span("ns/part-20261127-00003.parquet") == (0, SPACE)  # (a file from before the split)
 
 
-def publish(tmp_path: Path, run: str, n: int, shard_pairs: int) -> tuple[ScoreCache, pa.Array, np.ndarray]:
-    """Run write_cache over a checkpoint-like file of n scored pairs, then publish it."""
+def publish(tmp_path: Path, run: str, n: int, shard_pairs: int,
+            cache: ScoreCache | None = None) -> tuple[ScoreCache, pa.Array, np.ndarray]:
+    """Run write_cache over a checkpoint-like file of n scored pairs, then publish it (into
+    a local cache under tmp_path unless `cache`)."""
     keys, scores = keys_and_scores(n, run)
     checkpoint = tmp_path / f"{run}-checkpoint.parquet"
     scores_with_null = pa.array(scores, pa.float32()).to_pylist()
     scores_with_null[0] = None  # (an unscored pair is not cached)
     pq.write_table(pa.table({cache_key_column(SCORE): keys, SCORE: pa.array(scores_with_null, pa.float32()),
                              "doc_id": [str(i) for i in range(n)]}), checkpoint)
-    cache = ScoreCache(str(tmp_path / "cache"), CrossEncoderConfig(model="m").model_dump())
+    cache = cache or ScoreCache(str(tmp_path / "cache"), CrossEncoderConfig(model="m").model_dump())
     write_cache(cache, [str(checkpoint)], fsspec.filesystem("file"), run, SCORE, shard_pairs)
     cache.publish(run)
     return cache, keys, scores
@@ -90,3 +93,20 @@ def test_the_next_night_replaces_the_ranges_and_an_unsplit_file_is_still_served(
         index.close()
     empty = ShardedIndex.serve(cache.fs, [], 0, shard_pairs=40)
     assert empty.shards == [] and not empty.lookup(keys)[0].any()
+
+
+def test_a_cache_on_s3_is_written_by_range_published_and_served(moto: str, ray_local: Any, tmp_path: Path) -> None:
+    cache = ScoreCache("s3://score-cache/nightly", CrossEncoderConfig(model="m").model_dump())
+    cache.fs = s3(moto, "score-cache")  # (its credentials travel with it to the write tasks and the shards)
+    cache, keys, scores = publish(tmp_path, "night1", 300, shard_pairs=100, cache=cache)
+    names = [f.rsplit("/", 1)[-1] for f in cache.files()]
+    assert len(names) == range_count(300, 100) and all(n.startswith("part-night1-") for n in names)
+    assert sorted(cache.fs.ls(cache.dir, detail=False)) == sorted(
+        f"{cache.dir}/{n}" for n in [*names, "_settings.json"])  # (the staging is gone)
+    index = ShardedIndex.serve(cache.fs, cache.files(), cache.pairs(), shard_pairs=100)
+    try:
+        found, got = index.lookup(keys)
+        assert len(index.shards) == 3 and found.tolist() == [False] + [True] * 299
+        assert np.array_equal(got[1:], scores[1:])
+    finally:
+        index.close()

@@ -7,57 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import s3fs
 import torch
 
 from jobs.fs import arrow_filesystem
 from reranker_actors.registry import build_reranker
-from tests.conftest import REPO, sample_pairs
-from tests.ray_head import BIN, RayHead, free_ports
-
-SECRET = "sEcReT-test-credential-4242"
-KEY_ID = "AKIATESTKEY0000"
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[str]:
-    """moto_server on 127.0.0.1, stopped by its PID."""
-    (port,) = free_ports(1)
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "moto_server did not start"
-                time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-
-
-def s3(endpoint: str, *buckets: str) -> s3fs.S3FileSystem:
-    """A client of moto_server at `endpoint`, with `buckets` there (made if missing)."""
-    fs = s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, client_kwargs={"endpoint_url": endpoint})
-    for bucket in buckets:
-        if not fs.exists(bucket):
-            fs.mkdir(bucket)
-    return fs
+from tests.conftest import KEY_ID, REPO, SECRET, s3, sample_pairs
+from tests.ray_head import BIN, RayHead
 
 
 @pytest.mark.slow
