@@ -35,7 +35,7 @@ from jobs.fs import arrow_filesystem
 from jobs.ranking import CascadeRanker, StageRanker, advancing, rank_queries
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
 from jobs.schema import KEY_PREFIX, QUERY_ID, SCORE, SKIP_REASON, TEXTS, cache_key_column, stage_score
-from jobs.stages import Scorer, map_queries, rank_partitions
+from jobs.stages import Scorer, map_queries, parquet_files, rank_partitions
 from reranker_actors.actor import ScoreActor
 from reranker_actors.registry import score_settings
 
@@ -84,11 +84,9 @@ class StageCheckpoints:
     def earlier(self, directory: str) -> tuple[list[str], int]:
         """The complete files other attempts wrote under `directory` (a file torn by a crash
         has no footer), and their rows."""
-        if not self.fs.exists(directory):
-            return [], 0
         files, rows = [], 0
         mine = posixpath.join(directory, self.run_id) + "/"
-        for path in sorted(p for p in self.fs.find(directory) if p.endswith(".parquet") and not p.startswith(mine)):
+        for path in (p for p in parquet_files(self.fs, directory) if not p.startswith(mine)):
             try:
                 with self.fs.open(path, "rb") as f:
                     rows += pq.ParquetFile(f).metadata.num_rows

@@ -65,10 +65,6 @@ class ScoreCache:
         """Pairs the namespace holds (from the files' footers)."""
         return footer_rows(self.fs, self.files())
 
-    def serve(self, shard_pairs: int) -> ShardedIndex:
-        """Start the shard actors that serve this namespace's keys to the scoring actors."""
-        return ShardedIndex.serve(self.fs, self.files(), self.pairs(), shard_pairs)
-
     def staging(self, run_id: str) -> str:
         return posixpath.join(self.dir, f"_staging-{run_id}")
 
@@ -118,8 +114,10 @@ class RunCaches:
     def serve(self) -> list[ShardedIndex | None]:
         """Per scorer, the ShardedIndex its actors look keys up in (None without a cache)."""
         for cache in self.unique:
-            self.entries[cache.namespace] = cache.pairs()
-            self.served[cache.namespace] = cache.serve(self.shard_pairs)
+            files = cache.files()  # (listed and their footers read once: requests on S3)
+            self.entries[cache.namespace] = footer_rows(cache.fs, files)
+            self.served[cache.namespace] = ShardedIndex.serve(cache.fs, files, self.entries[cache.namespace],
+                                                              self.shard_pairs)
         return [self.served[c.namespace] for c in self.of] if self.of else [None] * self.scorers
 
     def close(self) -> None:
