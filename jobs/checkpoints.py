@@ -116,8 +116,12 @@ class Checkpoints:
                        if e is not None and e.sid in order]
             intact = list(pool.map(self._intact, entries))
         entries = sorted((e for e, ok in zip(entries, intact) if ok), key=lambda e: (order[e.sid], e.ranges))
-        for a, b in itertools.pairwise(entries):
-            if a.sid == b.sid and b.ranges[0][0] < a.ranges[-1][1]:
+        # (parts of one file may interleave, e.g. [0, 25) + [50, 75) and [25, 50), when units
+        # complete out of order: compare the ranges themselves)
+        ranges = sorted(((order[e.sid], start, stop, e) for e in entries for start, stop in e.ranges),
+                        key=lambda r: r[:3])
+        for (sid_a, _, stop, a), (sid_b, start, _, b) in itertools.pairwise(ranges):
+            if sid_a == sid_b and start < stop:
                 raise RuntimeError(f"checkpoints {a.file} and {b.file} both hold rows of {a.input}; "
                                    f"remove {self.root} and rerun")
         return entries

@@ -68,6 +68,18 @@ def test_parts_are_deterministic_and_a_corrupt_one_is_not_trusted(tmp_path: Path
     assert a.load(["s1"]) == []
 
 
+def test_parts_whose_ranges_interleave_load_and_overlapping_ones_are_refused(tmp_path: Path) -> None:
+    """Units complete out of order (several actors), so one write may hold rows 0-24 and
+    50-74 and the next rows 25-49: that is no overlap. Two parts holding one row is."""
+    cp = Checkpoints(fsspec.filesystem("file"), str(tmp_path / "out"), "fp")
+    first = cp.write("s0", files(100)[0], [(0, 25), (50, 75)], scored(0, ["a"], ["d1"], [1]))
+    second = cp.write("s0", files(100)[0], [(25, 50)], scored(0, ["b"], ["d1"], [1]))
+    assert cp.load(["s0"]) == [first, second]
+    cp.write("s0", files(100)[0], [(70, 80)], scored(0, ["c"], ["d1"], [1]))
+    with pytest.raises(RuntimeError, match=r"both hold rows of /in/0\.parquet"):
+        cp.load(["s0"])
+
+
 def test_entries_load_in_input_and_row_order(tmp_path: Path) -> None:
     cp = Checkpoints(fsspec.filesystem("file"), str(tmp_path / "out"), "fp")
     late = cp.write("s0", files(9)[0], [(5, 9)], scored(0, ["b"], ["d1"], [1]))
