@@ -79,8 +79,8 @@ def main() -> int:
         print(done.stderr[-3000:])
         return 1
     result = pads.dataset(str(out)).to_table()
-    expected = set(zip(table["qid"].to_pylist(), table["pid"].to_pylist()))
-    got = list(zip(result["query_id"].to_pylist(), result["doc_id"].to_pylist()))
+    expected = set(zip(table["qid"].to_pylist(), table["pid"].to_pylist(), strict=True))
+    got = list(zip(result["query_id"].to_pylist(), result["doc_id"].to_pylist(), strict=True))
     bad_order = 0
     by_query: dict[str, list[dict]] = {}
     for row in result.to_pylist():

@@ -47,7 +47,7 @@ def main() -> None:
                            "max_length": args.max_length}, CPU)
     ours_scores, truncated = ours.score(queries, docs)
     ref = CrossEncoder(ce_dir, max_length=args.max_length, activation_fn=torch.nn.Identity(), device="cpu")
-    ref_scores = ref.predict(list(zip(queries, docs)), batch_size=32)
+    ref_scores = ref.predict(list(zip(queries, docs, strict=True)), batch_size=32)
     rows.append(("cross_encoder", "MiniLM-L6 (real weights, random head)", args.max_length,
                  int(truncated.sum()), float(np.abs(ours_scores - ref_scores).max())))
 

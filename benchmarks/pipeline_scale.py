@@ -101,7 +101,7 @@ VERIFY_ROWS = 20_000  # input rows of the first file whose output scores are che
 
 def zero_cost_scores(queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
     """CRC-32 of each pair's texts, scaled to [0, 1): deterministic in every process."""
-    crc = [zlib.crc32(f"{q}\0{d}".encode()) for q, d in zip(queries, docs)]
+    crc = [zlib.crc32(f"{q}\0{d}".encode()) for q, d in zip(queries, docs, strict=True)]
     return (np.array(crc, dtype=np.float64) / 2.0**32).astype(np.float32)
 
 
@@ -235,7 +235,7 @@ class StoreSampler(threading.Thread):
 
         self.state = get_state_from_address(ray.get_runtime_context().gcs_address)
         self.interval, self.halt, self.t0 = interval, threading.Event(), time.perf_counter()
-        self.peak = self.peak_objects = 0
+        self.peak = self.peak_objects = self.worker_peak = 0
         self.series: list[tuple[float, int, int]] = []  # (seconds since t0, store bytes, driver RSS)
         self.last: Any = None
 
@@ -247,6 +247,7 @@ class StoreSampler(threading.Thread):
         self.peak_objects = max(self.peak_objects, stats.num_local_objects)
         self.series.append((round(time.perf_counter() - self.t0, 2), stats.object_store_bytes_used, rss_now()))
         self.last = stats
+        self.worker_peak = max(self.worker_peak, largest_child_rss())
 
     def run(self) -> None:
         while not self.halt.wait(self.interval):
@@ -260,7 +261,22 @@ class StoreSampler(threading.Thread):
         self.join()
         self.sample()
         return {"store_peak": self.peak, "store_peak_objects": self.peak_objects, "series": self.series,
+                "worker_peak_rss": self.worker_peak,
                 "spilled": self.last.spilled_bytes_total, "store_created": self.last.cumulative_created_bytes}
+
+
+def largest_child_rss() -> int:
+    """The largest resident set among this process's descendants (the local Ray: its GCS,
+    raylet and workers), in bytes."""
+    import psutil
+
+    peak = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            peak = max(peak, proc.memory_info().rss)
+        except psutil.Error:
+            pass
+    return peak
 
 
 def verify(inputs: Path, output: Path) -> int:
@@ -286,6 +302,8 @@ def child(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     os.environ.update(RAY_ENV)
     os.environ[HOOK_DIR_ENV] = spec["hooks"]
+    import importlib
+
     import ray
 
     from jobs import stages
@@ -293,13 +311,15 @@ def child(spec_path: str) -> None:
     from jobs.rerank import run
 
     began = time.perf_counter()
+    hook = spec.get("hook", HOOK)  # (another benchmark's scorer: benchmarks/run_layout.py)
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={
-        "worker_process_setup_hook": HOOK,
+        "worker_process_setup_hook": hook,
         "env_vars": {"PYTHONPATH": str(ROOT), HOOK_DIR_ENV: spec["hooks"],
                      "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": RAY_ENV["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"]},
     })
     ray_init_s = time.perf_counter() - began
-    register_scorer()  # (the setup hook runs in workers only)
+    module, _, function = hook.rpartition(".")
+    getattr(importlib.import_module(module), function)()  # (the setup hook runs in workers only)
     if spec["partition_rows"]:  # (--rank-partition-rows: the shuffle's threshold, for small trials)
         stages.ROWS_PER_RANK_PARTITION = spec["partition_rows"]
     sampler = StoreSampler()
@@ -314,7 +334,8 @@ def child(spec_path: str) -> None:
     parts = stages.rank_partitions(summary.scored)
     path = "file by file" if summary.by_file else "one task" if parts == 1 else f"shuffle, {parts} partitions"
     result = {"wall": wall, "ray_init": ray_init_s, "rank_path": path, "driver_rss": driver_rss, **store,
-              "hooked_workers": hooked, "verified": verify(Path(spec["input"]), Path(spec["output"])),
+              "hooked_workers": hooked,
+              "verified": verify(Path(spec["input"]), Path(spec["output"])) if spec.get("verify", True) else 0,
               **summary.to_dict()}
     Path(spec["result"]).write_text(json.dumps(result, default=str))
     print(summary.render())

@@ -1,9 +1,11 @@
 """What a crash costs: the whole job run once, then run again with its driver SIGKILLed at
 60% of that run's wall time, then rerun into the same output (the "rerun the same command"
-contract). Prints both times, the ratio, the pairs that were durable at the kill, and
-checks the resumed output: every pair exactly once, scores equal to the full run's.
+contract), for each actor batch size. Prints both times, the ratio, the pairs durable at
+the kill, each batch's time from leaving the actor to being durable, and checks the
+resumed output: every pair exactly once, scores equal to the full run's.
 
-    .venv/bin/python benchmarks/resume.py [--data ../shared/data/cranfield] [--queries 48] [--top 30] [--files 8]
+    .venv/bin/python benchmarks/resume.py [--data ../shared/data/cranfield] [--queries 48] [--top 30] \
+        [--files 8] [--batch-sizes 512,128]
 
 Input: the first `--queries` queries' BM25 top `--top` (48 x 30 = 1,440 pairs), cut into
 `--files` Parquet files row by row, so every query is spread over every file: the nightly
@@ -11,6 +13,14 @@ shape of many small files written by many upstream tasks. Model: MiniLM-L6 cross
 (real all-MiniLM-L6-v2 weights, seeded random head), float32, on a local Ray the job starts
 (2 CPUs, 1 actor, 2 threads). Each run is `python -m jobs.rerank` as a subprocess in its own
 process group; the kill stops that group (the driver and the local Ray it started).
+
+Warm against warm: a short job on one file runs first, so that no measured run pays for a
+cold page cache (imports, model files). Every run starts its own local Ray and loads the
+model, so the full run and the rerun pay the same start-up. The actors log when each batch
+leaves them (BATCH_RERANK_TEST_FAULTS' batch_log, which slows nothing down) and a watcher
+records when each checkpoint manifest entry appears: their difference is a batch's time
+to durable. The machine's load average is printed before and after: the ratios are only
+comparable on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.throughput import model_dir
+from reranker_actors.faults import ENV as FAULTS_ENV
+from tests.durability import ManifestWatch, batches, time_to_durable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,14 +61,31 @@ def spread_input(data: Path, queries: int, top: int, files: int, dest: Path) -> 
     return table
 
 
-def start(config: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", "--config", str(config)], cwd=REPO,
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else \
+        "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{fields.get('Model name', '?').strip()} ({isa}), {os.cpu_count()} CPUs"
+
+
+def load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def start(config: Path, log: Path) -> subprocess.Popen:
+    env = os.environ | {FAULTS_ENV: json.dumps({"batch_log": str(log)})}
+    return subprocess.Popen([sys.executable, "-m", "jobs.rerank", "--config", str(config)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def run(config: Path) -> float:
+def run(config: Path, log: Path) -> float:
     began = time.perf_counter()
-    proc = start(config)
+    proc = start(config, log)
     if proc.wait() != 0:
         raise SystemExit(f"the job failed (config {config})")
     return time.perf_counter() - began
@@ -64,10 +93,66 @@ def run(config: Path) -> float:
 
 def scores(out: Path) -> dict[tuple[str, str], float]:
     table = pads.dataset(str(out)).to_table(columns=["query_id", "doc_id", "score"])
-    pairs = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
+    pairs = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), strict=True))
     if len(set(pairs)) != len(pairs):
         raise SystemExit(f"{out}: {len(pairs) - len(set(pairs))} duplicated pairs")
-    return dict(zip(pairs, table["score"].to_pylist()))
+    return dict(zip(pairs, table["score"].to_pylist(), strict=True))
+
+
+def write_config(work: Path, name: str, inputs: Path, model: str, batch_size: int) -> Path:
+    cfg = {"input": {"path": str(inputs), "columns": {"score": "bm25_score", "rank": "bm25_rank"}},
+           "output": {"path": str(work / name)},
+           "reranker": {"backend": "cross_encoder", "model": model, "dtype": "float32", "max_length": 512},
+           "actor": {"pool_size": 1, "num_cpus": 1, "threads": 2, "batch_size": batch_size}, "ray": {"num_cpus": 2}}
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def lags(left: list[tuple[float, set[tuple[str, str]]]], durable: dict[tuple[str, str], float]) -> str:
+    shown = time_to_durable(left, durable)
+    return ", ".join("never" if s is None else f"{s:.2f}" for s in shown) or "-"
+
+
+def measure(work: Path, inputs: Path, table: pa.Table, model: str, batch_size: int, at: float) -> list[str]:
+    """The table rows of one batch size: full run, kill, rerun."""
+    full_cfg = write_config(work, f"full-{batch_size}", inputs, model, batch_size)
+    killed_cfg = write_config(work, f"killed-{batch_size}", inputs, model, batch_size)
+    logs = {name: work / f"batches-{name}-{batch_size}" for name in ("full", "killed", "rerun")}
+
+    watch = ManifestWatch(work / f"full-{batch_size}")
+    full_s = run(full_cfg, logs["full"])
+    full_durable = watch.stop()
+
+    watch = ManifestWatch(work / f"killed-{batch_size}")
+    proc = start(killed_cfg, logs["killed"])
+    time.sleep(at * full_s)
+    if proc.poll() is not None:
+        raise SystemExit("the run ended before the kill")
+    os.killpg(proc.pid, signal.SIGKILL)
+    killed_at = time.time()
+    proc.wait()
+    killed_durable = watch.stop()
+    # (as of the kill: the actor of a killed driver may still finish its batch and log it)
+    left = [(end, pairs) for end, pairs in batches(logs["killed"]) if end <= killed_at]
+
+    watch = ManifestWatch(work / f"killed-{batch_size}")
+    rerun_s = run(killed_cfg, logs["rerun"])
+    rerun_durable = watch.stop()
+    report = json.loads((work / f"killed-{batch_size}" / "_run_report.json").read_text())
+
+    full, resumed = scores(work / f"full-{batch_size}"), scores(work / f"killed-{batch_size}")
+    if set(full) != set(resumed) or len(full) != len(table):
+        raise SystemExit(f"pairs differ: full run {len(full)}, resumed {len(resumed)}, input {len(table)}")
+    delta = max(abs(full[p] - resumed[p]) for p in full)
+    return [
+        f"| {batch_size} | full | {full_s:.1f} | {len(table):,} | | {lags(batches(logs['full']), full_durable)} |",
+        f"| {batch_size} | killed at {at:.0%} | {at * full_s:.1f} | {sum(len(p) for _, p in left):,} left the actor | "
+        f"{len(killed_durable):,} durable at the kill | {lags(left, killed_durable)} |",
+        f"| {batch_size} | rerun | {rerun_s:.1f} | {report['scored_now']:,} | {report['resumed_pairs']:,} resumed; "
+        f"**rerun / full = {rerun_s / full_s:.2f}**; output {len(resumed):,} pairs, each once, "
+        f"max abs diff {delta:.1e} | {lags(batches(logs['rerun']), rerun_durable)} |",
+    ]
 
 
 def main() -> None:
@@ -76,45 +161,24 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=48)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--batch-sizes", default="512,128", help="actor.batch_size values, one full/kill/rerun each")
     parser.add_argument("--at", type=float, default=0.6, help="kill at this share of the full run's time")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="resume-"))
     table = spread_input(args.data, args.queries, args.top, args.files, work / "in")
     model = model_dir("minilm", None, None)
-    configs = {}
-    for name in ("full", "killed"):
-        cfg = {"input": {"path": str(work / "in"), "columns": {"score": "bm25_score", "rank": "bm25_rank"}},
-               "output": {"path": str(work / name)},
-               "reranker": {"backend": "cross_encoder", "model": model, "dtype": "float32", "max_length": 512},
-               "actor": {"pool_size": 1, "num_cpus": 1, "threads": 2, "batch_size": 32}, "ray": {"num_cpus": 2}}
-        configs[name] = work / f"{name}.yaml"
-        configs[name].write_text(yaml.safe_dump(cfg))
-
-    full_s = run(configs["full"])
-    proc = start(configs["killed"])
-    time.sleep(args.at * full_s)
-    if proc.poll() is not None:
-        raise SystemExit("the run ended before the kill")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    durable = sum(json.loads(p.read_text())["rows"] for p in (work / "killed").glob("_checkpoints/*/manifest/*.json"))
-    rerun_s = run(configs["killed"])
-    report = json.loads((work / "killed" / "_run_report.json").read_text())
-
-    full, resumed = scores(work / "full"), scores(work / "killed")
-    if set(full) != set(resumed) or len(full) != len(table):
-        raise SystemExit(f"pairs differ: full run {len(full)}, resumed {len(resumed)}, input {len(table)}")
-    delta = max(abs(full[p] - resumed[p]) for p in full)
+    before = load()
+    run(write_config(work, "warm-up", work / "in" / "part-0.parquet", model, 32), work / "batches-warm-up")
+    rows = []
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        rows += measure(work, work / "in", table, model, batch_size, args.at)
     print(f"input: {len(table):,} pairs ({args.queries} queries x top {args.top}) in {args.files} files, "
-          f"every query in every file; MiniLM-L6 cross-encoder, float32, local Ray on {os.cpu_count()} CPUs\n")
-    print("| run | wall s | pairs scored | note |")
-    print("|---|---|---|---|")
-    print(f"| full | {full_s:.1f} | {len(table):,} | |")
-    print(f"| killed at {args.at:.0%} | {args.at * full_s:.1f} | | {durable:,} pairs durable at the kill |")
-    print(f"| rerun | {rerun_s:.1f} | {report['scored_now']:,} | {report['resumed_pairs']:,} resumed |")
-    print(f"\nrerun / full = {rerun_s / full_s:.2f}; output: {len(resumed):,} pairs, each once; "
-          f"max |score - full run's| = {delta:.1e}")
+          f"every query in every file; MiniLM-L6 cross-encoder, float32, local Ray, 1 actor x 2 threads; "
+          f"{cpu_model()}; load average (1/5/15 min) {before} before, {load()} after\n")
+    print("| batch size | run | wall s | pairs scored | note | each batch: s from leaving the actor to durable |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

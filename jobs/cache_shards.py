@@ -103,7 +103,7 @@ class ShardedIndex:
         spans = [file_span(p) for p in files]
         shards = []
         for start, end in itertools.pairwise(bounds):
-            mine = [p for p, (a, b) in zip(files, spans) if a < end and start < b]
+            mine = [p for p, (a, b) in zip(files, spans, strict=True) if a < end and start < b]
             shards.append(CacheShard.remote(fs, mine, start, end, columns))
         return cls(np.array(bounds[:-1] if count else [], dtype=np.uint64), shards)
 
@@ -117,7 +117,7 @@ class ShardedIndex:
         which = np.searchsorted(self.starts, hi, side="right") - 1
         rows = [np.flatnonzero(which == s) for s in range(len(self.shards))]
         asked = [(r, self.shards[s].lookup.remote(keys.take(pa.array(r)))) for s, r in enumerate(rows) if len(r)]
-        for r, (hit, values) in zip([r for r, _ in asked], ray.get([ref for _, ref in asked])):
+        for r, (hit, values) in zip([r for r, _ in asked], ray.get([ref for _, ref in asked]), strict=True):
             found[r], scores[r] = hit, values
         return found, scores
 

@@ -10,11 +10,12 @@ fingerprint: a hash of every config value that changes what is scored or how
 shard id (`sid`): a hash of the input file's URL and fsspec `ukey` (size + mtime locally,
   the ETag on S3), so an input file that changed is scored again; its old parts are ignored.
 The score stage reads the input in units of about one actor batch (jobs.units). The driver
-collects the units that come out complete and writes them about every second, on a thread
-of its own, one part per input file (UnitAssembler, PartWriter). A part counts only when its manifest entry exists
-and the part's sha256 matches it. A part is written whole (local: temp name, then rename;
-S3: one PUT), so a crash leaves at worst a part without a manifest entry, which is ignored.
-A crash loses the units in flight and the last second or so of finished ones (a few on S3).
+collects the input rows whose pairs all came out of the actor pool and writes them within
+FLUSH_S plus one write, on a thread of its own, one part per input file (RowAssembler,
+PartWriter). A part counts only when its manifest entry exists and the part's sha256
+matches it. A part is written whole (local: temp name, then rename; S3: one PUT), so a
+crash leaves at worst a part without a manifest entry, which is ignored. A crash loses the
+batches in flight and the rows that left the pool in the last second or so (a few on S3).
 `_checkpoints/` is removed after a successful commit.
 """
 
@@ -24,10 +25,11 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import posixpath
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import fsspec
@@ -45,6 +47,7 @@ from jobs.schema import (
     DTYPE,
     HIT_PREFIX,
     QUERY_ID,
+    ROW,
     SCORE,
     SHARD,
     SKIP_REASON,
@@ -55,7 +58,7 @@ from jobs.units import Unit, merge
 
 FORMAT_VERSION = 3
 CHECKPOINTS = "_checkpoints"
-FLUSH_S = 1.0  # complete units wait at most this long, plus one write, before theirs starts
+FLUSH_S = 0.5  # complete rows wait at most this long, plus one write, before theirs starts
 
 
 def fingerprint(parts: dict) -> str:
@@ -64,7 +67,7 @@ def fingerprint(parts: dict) -> str:
 
 
 def shard_id(fs: fsspec.AbstractFileSystem, file: InputFile) -> str:
-    return hashlib.sha256(f"{file.url}\0{fs.ukey(file.path)}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"{file.url}\0{file.version or fs.ukey(file.path)}".encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,8 @@ class Checkpoints:
             entries = [e for e in pool.map(self._entry, self.fs.ls(manifest, detail=False))
                        if e is not None and e.sid in order]
             intact = list(pool.map(self._intact, entries))
-        entries = sorted((e for e, ok in zip(entries, intact) if ok), key=lambda e: (order[e.sid], e.ranges))
+        entries = sorted((e for e, ok in zip(entries, intact, strict=True) if ok),
+                         key=lambda e: (order[e.sid], e.ranges))
         # (parts of one file may interleave, e.g. [0, 25) + [50, 75) and [25, 50), when units
         # complete out of order: compare the ranges themselves)
         ranges = sorted(((order[e.sid], start, stop, e) for e in entries for start, stop in e.ranges),
@@ -143,7 +147,7 @@ class Checkpoints:
                              if c in table.column_names else [] for c in (DTYPE, ATTENTION))
         hits = [c for c in table.column_names if c.startswith(HIT_PREFIX)]
         cached = sum(int(pc.sum(table[c]).as_py() or 0) for c in hits)
-        internal = [SHARD, UNITS, TRUNCATED, DTYPE, ATTENTION, BATCH_START, BATCH_END, *hits]
+        internal = [SHARD, ROW, UNITS, TRUNCATED, DTYPE, ATTENTION, BATCH_START, BATCH_END, *hits]
         table = table.drop_columns([c for c in internal if c in table.column_names])
         # Deterministic content whatever order the blocks arrived in.
         scores = [(c, "descending") for c in table.column_names if c == SCORE or c.startswith("score_")]
@@ -187,7 +191,7 @@ class Checkpoints:
         with ThreadPoolExecutor(max_workers=16) as pool:  # (each read is a request on S3)
             ids = list(pool.map(read, entries))
         per_file: dict[str, list[pa.Array]] = {}
-        for entry, array in zip(entries, ids):
+        for entry, array in zip(entries, ids, strict=True):
             per_file.setdefault(entry.sid, []).append(array)
         distinct = [pc.unique(pa.chunked_array(arrays, pa.string())) for arrays in per_file.values()]
         total = sum(len(a) for a in distinct)
@@ -202,90 +206,154 @@ class Checkpoints:
 
 @dataclass
 class _Partial:
+    """The pairs of one input row seen so far, while the rest are still being scored (a
+    nested row whose candidates two blocks share)."""
+
     tables: list[pa.Table]
-    input_rows: int = 0  # input rows seen complete-or-started (rows with _units > 0)
-    pairs_expected: int = 0  # sum of _units
     pairs: int = 0
+    announced: int = 0  # the row's `_units`, once its first pair arrived
+    firsts: int = 0  # pairs that carried the count (1 when all is well)
 
 
-class UnitAssembler:
-    """Collects scored blocks per unit (jobs.units.Unit: a row range of one input file) and
-    hands out each unit once it is complete.
+def runs(rows: np.ndarray) -> list[tuple[int, int]]:
+    """Distinct row indices as [start, stop) ranges of consecutive rows."""
+    rows = np.unique(rows)
+    if not len(rows):
+        return []
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts, stops = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]] + 1
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
+class RowAssembler:
+    """Collects scored pairs per input row (`_shard`, the unit they were read in, names the
+    file; `_row` the row in it) and hands out each row as soon as all its pairs arrived.
 
     Every input row yields `_units` >= 1 pairs (nested rows explode; a row with no
-    candidates yields one skipped pair), and its first pair carries that count. A unit
-    is complete when it has seen the first pair of every one of its input rows, and as
-    many pairs as those rows announced.
+    candidates yields one skipped pair), and its first pair carries that count. A flat row
+    is complete in the block it arrives in; a nested row whose candidates two blocks share
+    waits here for the rest. So a row is durable as soon as it left the actor pool, however
+    the pool's blocks cut across the read units.
     """
 
     def __init__(self, units: list[Unit], files: list[InputFile]) -> None:
         self.units, self.files = units, files
-        self.partial: dict[int, _Partial] = {}
-        self.finished: set[int] = set()
+        self.unit_file = np.array([u.file for u in units], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum([f.num_rows for f in files])]).astype(np.int64)
+        self.done = np.zeros(len(units), dtype=np.int64)  # complete input rows, per unit
+        self.unit_rows = np.array([u.num_rows for u in units], dtype=np.int64)
+        self.partial: dict[int, _Partial] = {}  # by global row id (file offset + row)
 
     def _name(self, index: int) -> str:
         unit = self.units[index]
         return f"rows {unit.start}-{unit.stop - 1} of {self.files[unit.file].url}"
 
-    def add(self, batch: pa.Table) -> Iterator[tuple[int, pa.Table]]:
+    def add(self, batch: pa.Table) -> list[tuple[int, list[tuple[int, int]], pa.Table]]:
+        """The input rows that `batch` completed: (file index, row ranges, their pairs) per file."""
         shard = batch[SHARD].to_numpy(zero_copy_only=False)
-        units = batch[UNITS].to_numpy(zero_copy_only=False)
-        for index in np.unique(shard).tolist():
-            mask = shard == index
-            if index in self.finished:
-                raise RuntimeError(f"{self._name(index)} arrived after they were complete")
-            part = self.partial.setdefault(index, _Partial([]))
-            part.tables.append(batch.filter(pa.array(mask)))
-            part.input_rows += int((units[mask] > 0).sum())
-            part.pairs_expected += int(units[mask].sum())
-            part.pairs += int(mask.sum())
-            if part.input_rows == self.units[index].num_rows and part.pairs == part.pairs_expected:
-                del self.partial[index]
-                self.finished.add(index)
-                yield index, pa.concat_tables(part.tables)
+        gids = self.offsets[self.unit_file[shard]] + batch[ROW].to_numpy(zero_copy_only=False)
+        announced = batch[UNITS].to_numpy(zero_copy_only=False)
+        rows, inverse, counts = np.unique(gids, return_inverse=True, return_counts=True)
+        wanted = np.bincount(inverse, weights=announced, minlength=len(rows))
+        firsts = np.bincount(inverse, weights=announced > 0, minlength=len(rows))
+        whole = (counts == wanted) & (firsts == 1)
+        if self.partial:
+            whole &= ~np.isin(rows, np.fromiter(self.partial, np.int64, len(self.partial)))
+        complete = [batch.filter(pa.array(whole[inverse]))]
+        for i in np.flatnonzero(~whole).tolist():  # (rows two blocks share: few)
+            gid = int(rows[i])
+            part = self.partial.setdefault(gid, _Partial([]))
+            part.tables.append(batch.filter(pa.array(inverse == i)))
+            part.pairs += int(counts[i])
+            part.announced += int(wanted[i])
+            part.firsts += int(firsts[i])
+            if part.firsts == 1 and part.pairs == part.announced:
+                complete += self.partial.pop(gid).tables
+        return self._by_file(pa.concat_tables(complete))
+
+    def _by_file(self, pairs: pa.Table) -> list[tuple[int, list[tuple[int, int]], pa.Table]]:
+        """Count complete rows per unit; split them by input file, with their row ranges."""
+        if not len(pairs):
+            return []
+        shard = pairs[SHARD].to_numpy(zero_copy_only=False)
+        gids = self.offsets[self.unit_file[shard]] + pairs[ROW].to_numpy(zero_copy_only=False)
+        rows, first = np.unique(gids, return_index=True)
+        np.add.at(self.done, shard[first], 1)
+        over = np.flatnonzero(self.done > self.unit_rows)
+        if len(over):
+            raise RuntimeError(f"{self._name(int(over[0]))}: a row arrived twice from the actor pool")
+        file_of_row = np.searchsorted(self.offsets, rows, side="right") - 1
+        file_of_pair = np.searchsorted(self.offsets, gids, side="right") - 1
+        return [(file, runs(rows[file_of_row == file] - self.offsets[file]),
+                 pairs.filter(pa.array(file_of_pair == file))) for file in np.unique(file_of_row).tolist()]
 
     def check_complete(self) -> None:
-        missing = [i for i in range(len(self.units)) if i not in self.finished]
+        missing = np.flatnonzero(self.done != self.unit_rows).tolist()
         if missing:
             raise RuntimeError(f"the score stage ended before finishing {len(missing)} unit(s) of the input, "
                                f"e.g. {self._name(missing[0])}")
 
 
 class PartWriter:
-    """Writes complete units, one part per input file, on a thread of its own: a write
-    starts once FLUSH_S has passed since the last one started and it has finished, with
-    every unit completed since. A slow filesystem (S3) makes writes bigger, not the
-    driver slower; a crash loses at most the units of one write and FLUSH_S."""
+    """Writes complete input rows, one part per input file, on a thread of its own: a write
+    starts as soon as rows are waiting and FLUSH_S has passed since the last one started,
+    with every row completed since. So a row is durable within FLUSH_S plus one write of
+    leaving the actor pool, whenever the next block comes; a slow filesystem (S3) makes
+    writes bigger, not the driver slower. Use as a context manager: leaving it writes what
+    is waiting and waits for it (raising a failed write's error unless another is on its way)."""
 
     def __init__(self, checkpoints: Checkpoints, files: list[InputFile], sids: list[str]) -> None:
         self.checkpoints, self.files, self.sids = checkpoints, files, sids
-        self.pending: dict[int, list[tuple[Unit, pa.Table]]] = {}
+        self.pending: dict[int, list[tuple[list[tuple[int, int]], pa.Table]]] = {}
         self.written: list[PartEntry] = []
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoints")
-        self.writing: Future[None] | None = None
-        self.started = time.monotonic()
+        self.error: BaseException | None = None
+        self.closing = False
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
+        self.thread.start()
 
-    def add(self, unit: Unit, table: pa.Table) -> None:
-        self.pending.setdefault(unit.file, []).append((unit, table))
-        if time.monotonic() - self.started >= FLUSH_S and (self.writing is None or self.writing.done()):
-            self._start_write()
+    def __enter__(self) -> PartWriter:
+        return self
 
-    def _start_write(self) -> None:
-        if self.writing is not None:
-            self.writing.result()  # (a failed write fails the run here)
-        batch, self.pending = self.pending, {}
-        self.started = time.monotonic()
-        self.writing = self.thread.submit(self._write, batch)
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.close(raise_error=kind is None)
 
-    def _write(self, batch: dict[int, list[tuple[Unit, pa.Table]]]) -> None:
+    def add(self, file: int, ranges: list[tuple[int, int]], table: pa.Table) -> None:
+        with self.cond:
+            if self.error is not None:
+                raise self.error
+            self.pending.setdefault(file, []).append((ranges, table))
+            self.cond.notify()
+
+    def close(self, raise_error: bool = True) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify()
+        self.thread.join()
+        if self.error is not None and raise_error:
+            raise self.error
+
+    def _run(self) -> None:
+        last = -math.inf
+        while True:
+            with self.cond:
+                while not self.pending and not self.closing:
+                    self.cond.wait()
+                while not self.closing and (due := last + FLUSH_S - time.monotonic()) > 0:
+                    self.cond.wait(due)
+                batch, self.pending = self.pending, {}
+            if not batch:
+                return  # (closing, and nothing left)
+            last = time.monotonic()
+            try:
+                self._write(batch)
+            except BaseException as e:  # noqa: BLE001 - raised in the driver's thread
+                with self.cond:
+                    self.error = e
+                return
+
+    def _write(self, batch: dict[int, list[tuple[list[tuple[int, int]], pa.Table]]]) -> None:
         for index, done in sorted(batch.items()):
-            ranges = merge([(u.start, u.stop) for u, _ in done])
+            ranges = merge([tuple(r) for rs, _ in done for r in rs])
             table = pa.concat_tables([t for _, t in done], promote_options="permissive")
             self.written.append(self.checkpoints.write(self.sids[index], self.files[index], ranges, table))
-
-    def flush(self) -> None:
-        """Write everything complete so far and wait for it."""
-        self._start_write()
-        assert self.writing is not None
-        self.writing.result()
-        self.writing = None

@@ -34,11 +34,24 @@ class InputColumns(Section):
     instruction: str | None = Field(
         None, description="Per-row task instruction (LLM rerankers); empty values use the default."
     )
+    title: str | None = Field(
+        None, description="Run layout, Parquet corpus: a title column; the text is (title + ' ' + doc).strip()."
+    )
+
+
+Paths = str | list[str]
 
 
 class InputConfig(Section):
-    path: str | list[str] = Field(description="Parquet file, directory, glob, s3:// URL, or a list.")
-    layout: Literal["flat", "nested"] = "flat"
+    path: Paths = Field(description="Parquet file, directory, glob, s3:// URL, or a list; "
+                                    "the run layout also reads TREC and MS MARCO runs.")
+    layout: Literal["flat", "nested", "run"] = "flat"
+    format: Literal["parquet", "trec", "msmarco"] | None = Field(
+        None, description="Run layout: the run files' format; default: from the extension.")
+    corpus: Paths | None = Field(
+        None, description="Run layout: doc_id -> text (Parquet, BEIR corpus.jsonl, or TSV id<TAB>text; .gz too).")
+    queries: Paths | None = Field(
+        None, description="Run layout: query_id -> text (Parquet, BEIR queries.jsonl, or TSV id<TAB>text).")
     columns: InputColumns = InputColumns()
     extra_columns: list[str] = Field(default_factory=list, description="Passed through to the output.")
     on_invalid: Literal["error", "skip"] = Field(
@@ -84,10 +97,12 @@ class RankConfig(Section):
 
 class OutputConfig(Section):
     path: str = Field(description="Output directory (local or s3://).")
+    trec: bool = Field(False, description="Also write _run.trec: the ranking as a TREC run file.")
+    trec_tag: str = Field("batch-rerank", pattern=r"^\S+$", description="The run tag (last field) of _run.trec.")
 
 
 class EvalConfig(Section):
-    qrels: str | None = Field(None, description="Parquet with query_id, doc_id, relevance.")
+    qrels: str | None = Field(None, description="Parquet with query_id, doc_id, relevance, or TREC/BEIR qrels.")
     k: int = Field(10, ge=1)
 
 
@@ -159,6 +174,7 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
             errors.append(f"cascade.{i}.top_n ({stage.top_n}) must not exceed cascade.{i - 1}.top_n ({before}): "
                           "a stage only sees what the previous stage passed on")
     errors += instruction_checks(cfg.input, [stage.reranker for _, stage in cfg.stages()])
+    errors += layout_checks(cfg.input)
     for name in cfg.input.extra_columns:
         if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith(("_", "stage")):
             errors.append(
@@ -167,6 +183,20 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
                 "rename it in the input"
             )
     return errors
+
+
+def layout_checks(input_cfg: InputConfig) -> list[str]:
+    """The run layout needs a corpus and queries; the other layouts take neither."""
+    if input_cfg.layout == "run":
+        return [f"input.{key}: the run layout needs it ({what})" for key, what in (
+            ("corpus", "doc_id -> text: Parquet, BEIR corpus.jsonl or TSV id<TAB>text"),
+            ("queries", "query_id -> text: Parquet, BEIR queries.jsonl or TSV id<TAB>text"))
+            if not getattr(input_cfg, key)]
+    return [f"input.{key}: only the run layout takes it (input.layout is {input_cfg.layout}); "
+            "flat and nested inputs carry their texts" for key in ("corpus", "queries", "format")
+            if getattr(input_cfg, key)] + (
+        [f"input.columns.title: only the run layout takes it (input.layout is {input_cfg.layout})"]
+        if input_cfg.columns.title else [])
 
 
 def instruction_checks(input_cfg: InputConfig, rerankers: list[Any]) -> list[str]:

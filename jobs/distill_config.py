@@ -16,6 +16,7 @@ from jobs.config import (
     RayConfig,
     Section,
     instruction_checks,
+    layout_checks,
     load_yaml,
     stage_checks,
 )
@@ -54,7 +55,8 @@ class DistillConfig(Section):
     input: InputConfig
     teachers: list[TeacherConfig] = Field(min_length=1, description="Each its own model and actor pool.")
     labels: LabelsConfig = LabelsConfig()
-    qrels: str | None = Field(None, description="Parquet query_id, doc_id, relevance: positives come from it.")
+    qrels: str | None = Field(None, description="Parquet query_id, doc_id, relevance, or TREC/BEIR qrels: "
+                              "positives come from it.")
     formats: FormatsConfig = FormatsConfig()
     output: OutputConfig
     cache: CacheConfig = CacheConfig()
@@ -71,7 +73,7 @@ def _cross_checks(cfg: DistillConfig) -> list[str]:
         check_teachers(cfg.teacher_specs())
     except ConfigError as e:
         errors.append(str(e))
-    return errors + instruction_checks(cfg.input, [t.reranker for t in cfg.teachers])
+    return errors + instruction_checks(cfg.input, [t.reranker for t in cfg.teachers]) + layout_checks(cfg.input)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> DistillConfig:

@@ -108,7 +108,8 @@ class DistillJob(Job[Labelled]):
         return [[t.actor for t in self.cfg.teachers]]  # (the teachers' pools run together)
 
     def scorers(self, run: Run) -> list[Scorer]:
-        return [Scorer(t.column, t.reranker, t.actor, ref) for t, ref in zip(self.cfg.teachers, run.lookups)]
+        return [Scorer(t.column, t.reranker, t.actor, ref)
+                for t, ref in zip(self.cfg.teachers, run.lookups, strict=True)]
 
     def checkpoint_settings(self) -> dict[str, Any]:
         return {"teachers": [{"name": t.name, "reranker": score_settings(t.reranker)} for t in self.cfg.teachers],
@@ -133,7 +134,7 @@ class DistillJob(Job[Labelled]):
         assert run.qrels is not None
         cfg, fs, qrels = self.cfg, run.out.fs, run.qrels
         runs: dict[str, Ranking] = {}
-        c = cfg.input.columns
+        c = run.input.columns
         first = FIRST_STAGE_RANK if c.rank else FIRST_STAGE_SCORE if c.score else None
         if first:
             runs["first stage"] = read_run(fs, shards, set(qrels), first, where_valid=cfg.teachers[0].column)
@@ -155,7 +156,7 @@ class DistillJob(Job[Labelled]):
             _flat_sample(run.out.fs, produced.records, cfg),
             [ScoreSeries(f"teacher {t.name}: {t.reranker.model}", t.column, None) for t in cfg.teachers],
             title=f"batch-rerank distillation labels {run.out.run_id}", counts=summary.counts(),
-            first_stage_rank=FIRST_STAGE_RANK if cfg.input.columns.rank else None, final_rank=TEACHER_RANK,
+            first_stage_rank=FIRST_STAGE_RANK if run.input.columns.rank else None, final_rank=TEACHER_RANK,
             ndcg={stage: {q: m["ndcg@10"] for q, m in pq.items()} for stage, pq in per_query.items()})
 
 
@@ -166,7 +167,7 @@ def _combined_run(fs: fsspec.AbstractFileSystem, records: list[str], qrels: Qrel
     flat, parent = pc.list_flatten(table[CANDIDATES]), pc.list_parent_indices(table[CANDIDATES])
     combined: Ranking = {}
     for q, d, r in zip(table[QUERY_ID].take(parent).to_pylist(), pc.struct_field(flat, DOC_ID).to_pylist(),
-                       pc.struct_field(flat, TEACHER_RANK).to_pylist()):
+                       pc.struct_field(flat, TEACHER_RANK).to_pylist(), strict=True):
         combined.setdefault(q, {})[d] = -float(r)
     return combined
 

@@ -27,6 +27,7 @@ import pyarrow.dataset as pads
 from jobs.errors import InputError, UserError
 from jobs.fs import arrow_filesystem, visible_parquet
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, RANK
+from jobs.text_formats import read_qrels_text
 
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]  # query -> doc -> score (higher is better)
@@ -84,8 +85,34 @@ def mean(per_query: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def load_qrels(url: str) -> Qrels:
-    """Read a qrels Parquet file (query_id, doc_id, relevance); ids are read as strings."""
+    """Read qrels: Parquet (query_id, doc_id, relevance; a .parquet file, a directory, or
+    any file that starts with Parquet's magic bytes), else text qrels, TREC's or BEIR's
+    (jobs.text_formats.read_qrels_text). Ids are read as strings."""
     fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise InputError(f"eval.qrels {url!r}: no such file or directory")
+    if _is_parquet(fs, path):
+        table = _parquet_qrels(fs, path, url)
+    else:
+        try:
+            table = read_qrels_text(fs, path, url)
+        except InputError as e:
+            raise InputError(f"eval.qrels {e}") from None
+    qrels: Qrels = defaultdict(dict)
+    for q, d, r in zip(table[QUERY_ID].cast(pa.string()).to_pylist(),
+                       table[DOC_ID].cast(pa.string()).to_pylist(), table["relevance"].to_pylist(), strict=True):
+        qrels[q][d] = int(r)
+    return dict(qrels)
+
+
+def _is_parquet(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    if path.lower().endswith(".parquet") or fs.isdir(path):
+        return True
+    with fs.open(path, "rb") as f:
+        return f.read(4) == b"PAR1"
+
+
+def _parquet_qrels(fs: fsspec.AbstractFileSystem, path: str, url: str) -> pa.Table:
     try:
         table = pads.dataset(path, filesystem=arrow_filesystem(fs)).to_table()
     except (OSError, pa.ArrowInvalid) as e:
@@ -97,11 +124,7 @@ def load_qrels(url: str) -> Qrels:
     if not pa.types.is_integer(table["relevance"].type):
         raise InputError(f"eval.qrels {url!r}: column 'relevance' has type "
                          f"{table['relevance'].type}; accepted: an integer type")
-    qrels: Qrels = defaultdict(dict)
-    for q, d, r in zip(table[QUERY_ID].cast(pa.string()).to_pylist(),
-                       table[DOC_ID].cast(pa.string()).to_pylist(), table["relevance"].to_pylist()):
-        qrels[q][d] = int(r)
-    return dict(qrels)
+    return table
 
 
 def read_run(fs: fsspec.AbstractFileSystem, paths: list[str], query_ids: set[str],
@@ -120,7 +143,7 @@ def read_run(fs: fsspec.AbstractFileSystem, paths: list[str], query_ids: set[str
     table = data.to_table(columns=[QUERY_ID, DOC_ID, by], filter=row_filter)
     sign = -1.0 if by in (RANK, FIRST_STAGE_RANK) else 1.0
     run: Run = defaultdict(dict)
-    for q, d, v in zip(table[QUERY_ID].to_pylist(), table[DOC_ID].to_pylist(), table[by].to_pylist()):
+    for q, d, v in zip(table[QUERY_ID].to_pylist(), table[DOC_ID].to_pylist(), table[by].to_pylist(), strict=True):
         run[q][d] = sign * float(v)
     return dict(run)
 
@@ -133,7 +156,8 @@ def first_stage_column(names: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="ranked output directory or file")
-    parser.add_argument("--qrels", required=True, help="qrels Parquet (query_id, doc_id, relevance)")
+    parser.add_argument("--qrels", required=True,
+                        help="qrels: Parquet (query_id, doc_id, relevance), TREC qrels or BEIR qrels TSV")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args(argv)
     try:

@@ -19,5 +19,11 @@ def hidden(rel_path: str) -> bool:
 
 def visible_parquet(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
     """*.parquet files under `directory`, recursively, skipping hidden names."""
+    return visible_files(fs, directory, (".parquet",))
+
+
+def visible_files(fs: fsspec.AbstractFileSystem, directory: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Files under `directory` whose names end with one of `suffixes`, recursively,
+    skipping hidden names."""
     return sorted(f for f in fs.find(directory)
-                  if f.endswith(".parquet") and not hidden(posixpath.relpath(f, directory)))
+                  if f.endswith(suffixes) and not hidden(posixpath.relpath(f, directory)))

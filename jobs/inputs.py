@@ -10,6 +10,7 @@ import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -18,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from jobs.config import InputConfig
 from jobs.errors import InputError
-from jobs.fs import hidden, visible_parquet
+from jobs.fs import hidden, visible_files
 
 PATH_COLUMN = "path"  # read_parquet(include_paths=True) adds it: the row's source file
 
@@ -34,6 +35,8 @@ class InputFile:
     num_rows: int
     row_groups: tuple[int, ...] = ()  # rows per row group (jobs.units reads row ranges)
     pairs: int = 0  # about how many pairs its rows hold (nested: candidates; 0: as many as rows)
+    version: str = ""  # a run file converted to Parquet: the text file's fsspec ukey (else: path's)
+    format: str = "parquet"  # run layout: trec or msmarco until converted (jobs.run_inputs)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class Inputs:
     files: list[InputFile]
     columns: list[str]  # what to read from every file
     dirs: list[str]  # directories input.path names (or globs search): outputs must stay out
+    texts: Any = None  # run layout: the corpus and queries (jobs.run_inputs.Texts)
+    cfg: InputConfig | None = None  # the input config as the files are read (a text run's columns)
 
     @property
     def num_rows(self) -> int:
@@ -49,21 +54,28 @@ class Inputs:
 
     @property
     def paths(self) -> list[str]:
-        return [f.path for f in self.files]
+        return [f.path for f in self.files] + (self.texts.paths if self.texts else [])
+
+    @property
+    def version(self) -> str:
+        """What else the scores depend on besides the input files: the run layout's texts."""
+        return self.texts.version if self.texts else ""
 
 
-def _expand(fs: fsspec.AbstractFileSystem, url: str, path: str) -> list[str]:
-    """Files named by one input.path entry: a file, a directory (recursive *.parquet) or a glob."""
+def expand(fs: fsspec.AbstractFileSystem, url: str, path: str, key: str = "input.path",
+           suffixes: tuple[str, ...] = (".parquet",)) -> list[str]:
+    """Files named by one entry of `key`: a file, a directory (recursive, names ending with
+    `suffixes`) or a glob."""
     if any(c in path for c in GLOB_CHARS):
         matches = [m for m in sorted(fs.glob(path)) if not hidden(posixpath.basename(m))]
         dirs = [m for m in matches if fs.isdir(m)]
         files = [m for m in matches if m not in dirs]
-        return files + [f for d in dirs for f in _expand(fs, url, d)]
+        return files + [f for d in dirs for f in expand(fs, url, d, key, suffixes)]
     if fs.isdir(path):
-        return visible_parquet(fs, path)
+        return visible_files(fs, path, suffixes)
     if fs.isfile(path):
         return [path]
-    raise InputError(f"input.path {url!r}: no such file or directory")
+    raise InputError(f"{key} {url!r}: no such file or directory")
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,7 @@ class Footer:
     leaf_values: dict[str, int]  # per column path ("candidates.list.element.doc_id"): values stored
 
 
-def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> Footer:
+def read_footer(fs: fsspec.AbstractFileSystem, path: str) -> Footer:
     with fs.open(path, "rb") as f:
         meta = pq.ParquetFile(f).metadata
         groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
@@ -149,12 +161,13 @@ def _check_fields(where: str, fields: dict[str, pa.DataType], wanted: dict[str, 
 def _schema_errors(cfg: InputConfig, url: str, schema: pa.Schema) -> list[str]:
     cols = cfg.columns
     top = {f.name: f.type for f in schema}
-    pair_level = {"doc_id": cols.doc_id, "doc": cols.doc}
+    texts = cfg.layout != "run"  # (the run layout's texts are in the corpus and queries)
+    pair_level = {"doc_id": cols.doc_id} | ({"doc": cols.doc} if texts else {})
     pair_level |= {k: v for k, v in (("score", cols.score), ("rank", cols.rank)) if v}
-    query_level = {"query_id": cols.query_id, "query": cols.query}
-    if cols.instruction:
+    query_level = {"query_id": cols.query_id} | ({"query": cols.query} if texts else {})
+    if cols.instruction and texts:
         query_level["instruction"] = cols.instruction
-    if cfg.layout == "flat":
+    if cfg.layout != "nested":
         errors = _check_fields(url, top, query_level | pair_level)
         known = top
     else:
@@ -176,62 +189,102 @@ def _schema_errors(cfg: InputConfig, url: str, schema: pa.Schema) -> list[str]:
 
 def _read_columns(cfg: InputConfig) -> list[str]:
     cols = cfg.columns
-    if cfg.layout == "flat":
+    if cfg.layout == "run":
+        names = [cols.query_id, cols.doc_id, cols.score, cols.rank]
+    elif cfg.layout == "flat":
         names = [cols.query_id, cols.query, cols.doc_id, cols.doc, cols.score, cols.rank, cols.instruction]
     else:
         names = [cols.query_id, cols.query, cols.candidates, cols.instruction]
     return list(dict.fromkeys(n for n in names + list(cfg.extra_columns) if n))
 
 
-def discover(cfg: InputConfig) -> Inputs:
-    """List the input files, read their footers, and check their schemas.
+@dataclass(frozen=True)
+class Listed:
+    """The files one config key names."""
 
-    Raises InputError listing every unreadable file and every schema problem.
-    """
-    urls = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path)
+    fs: fsspec.AbstractFileSystem
+    paths: list[str]
+    dirs: list[str]  # directories it names (or globs search)
+
+    def url(self, path: str) -> str:
+        return path if isinstance(self.fs, LocalFileSystem) else self.fs.unstrip_protocol(path)
+
+
+def list_files(spec: str | list[str], key: str, suffixes: tuple[str, ...] = (".parquet",)) -> Listed:
+    """The files `spec` (the value of config key `key`) names: files, directories (searched
+    recursively for names ending with `suffixes`), globs, on one filesystem."""
+    urls = [spec] if isinstance(spec, str) else list(spec)
     if not urls:
-        raise InputError("input.path: empty list; give a Parquet file, directory, glob or s3:// URL")
+        raise InputError(f"{key}: empty list; give a file, directory, glob or s3:// URL")
     fs, _ = fsspec.core.url_to_fs(urls[0])
     paths: list[str] = []
     dirs: list[str] = []
     for url in urls:
         url_fs, path = fsspec.core.url_to_fs(url)
         if url_fs.protocol != fs.protocol:
-            raise InputError(f"input.path: {url!r} is on another filesystem than {urls[0]!r}")
+            raise InputError(f"{key}: {url!r} is on another filesystem than {urls[0]!r}")
         if any(c in path for c in GLOB_CHARS):
             dirs.append(posixpath.dirname(path[: min(path.index(c) for c in GLOB_CHARS if c in path)]))
         elif fs.isdir(path):
             dirs.append(path)
-        found = _expand(fs, url, path)
+        found = expand(fs, url, path, key, suffixes)
         if not found:
-            raise InputError(f"input.path {url!r}: no Parquet files found "
-                             "(looked for *.parquet, skipping names that start with _ or .)")
+            raise InputError(f"{key} {url!r}: no files found (looked for {', '.join('*' + s for s in suffixes)}, "
+                             "skipping names that start with _ or .)")
         paths += found
-    paths = list(dict.fromkeys(paths))
+    return Listed(fs, list(dict.fromkeys(paths)), dirs)
+
+
+def discover(cfg: InputConfig) -> Inputs:
+    """List the input files, read their footers, and check their schemas (the run layout:
+    jobs.run_inputs, which also finds the corpus and queries).
+
+    Raises InputError listing every unreadable file and every schema problem.
+    """
+    if cfg.layout == "run":
+        from jobs.run_inputs import discover_run
+
+        return discover_run(cfg)
+    return parquet_inputs(cfg, list_files(cfg.path, "input.path"))
+
+
+def input_columns(cfg: InputConfig) -> list[str]:
+    """What to read from every input file."""
     columns = _read_columns(cfg)
     if PATH_COLUMN in columns:
         raise InputError(f"input.columns: the job reads each row's source file into a column named "
                          f"{PATH_COLUMN!r}; rename the input column {PATH_COLUMN!r} (e.g. to doc_path)")
+    return columns
+
+
+def parquet_inputs(cfg: InputConfig, listed: Listed) -> Inputs:
+    """Read the footers of the Parquet files `listed` and check their schemas."""
+    fs, columns = listed.fs, input_columns(cfg)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        footers = list(pool.map(lambda p: _try_footer(fs, p), paths))
+        footers = list(pool.map(lambda p: try_footer(fs, p), listed.paths))
     errors, files = [], []
-    for path, footer in zip(paths, footers):
-        url = path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
+    for path, footer in zip(listed.paths, footers, strict=True):
+        url = listed.url(path)
         if isinstance(footer, str):
             errors.append(f"{url}: not a readable Parquet file ({footer})")
             continue
         errors += _schema_errors(cfg, url, footer.schema)
         files.append(InputFile(url, path, footer.size, footer.num_rows, footer.row_groups, _pairs(cfg, footer)))
+    raise_all(errors)
+    if sum(f.num_rows for f in files) == 0:
+        raise InputError(f"input.path {cfg.path!r}: the {len(files)} Parquet file(s) hold 0 rows")
+    return Inputs(fs, files, columns, listed.dirs, cfg=cfg)
+
+
+def raise_all(errors: list[str]) -> None:
+    """Raise an InputError listing `errors` (up to MAX_LISTED), if there are any."""
     if errors:
         more = f"\n  ... and {len(errors) - MAX_LISTED} more" if len(errors) > MAX_LISTED else ""
         raise InputError(f"{len(errors)} input problem(s):\n  - " + "\n  - ".join(errors[:MAX_LISTED]) + more)
-    if sum(f.num_rows for f in files) == 0:
-        raise InputError(f"input.path {cfg.path!r}: the {len(files)} Parquet file(s) hold 0 rows")
-    return Inputs(fs, files, columns, dirs)
 
 
-def _try_footer(fs: fsspec.AbstractFileSystem, path: str) -> Footer | str:
+def try_footer(fs: fsspec.AbstractFileSystem, path: str) -> Footer | str:
     try:
-        return _read_footer(fs, path)
+        return read_footer(fs, path)
     except Exception as e:  # noqa: BLE001 - reported per file with its cause
         return f"{type(e).__name__}: {e}"

@@ -135,7 +135,7 @@ def _combined(raws: list[np.ndarray], teachers: list[Teacher], weights: np.ndarr
     """Weighted mean over teachers of per-query z-scores (population std; 0 where a query's
     scores are all equal) or of probabilities."""
     total, n = np.zeros(len(code)), np.maximum(counts, 1)
-    for raw, teacher, w in zip(raws, teachers, weights):
+    for raw, teacher, w in zip(raws, teachers, weights, strict=True):
         if combine == "probability":
             total += w * TO_PROBABILITY[teacher.kind](raw)
             continue

@@ -31,6 +31,7 @@ from jobs.inputs import Inputs, discover
 from jobs.output import QUARANTINE, OutputDir, commit_run
 from jobs.quarantine import write_quarantine
 from jobs.ray_runtime import check_pool_fits, ray_session
+from jobs.run_inputs import convert_runs, converted_dir
 from jobs.score_cache import RunCaches
 from jobs.stages import Scored, Scorer, score_pairs
 from jobs.summary import RunSummary
@@ -65,6 +66,12 @@ class Run:
     lookups: list[Any] = field(default_factory=list)  # per scorer: the ShardedIndex of its cache, or None
     groups: list[FileParts] = field(default_factory=list)  # the checkpoint files, per input file
     by_file: bool = False  # no query has rows in two input files: whole queries go file by file
+
+    @property
+    def input(self) -> InputConfig:
+        """input as the files are read (a TREC or MS MARCO run: its rank and score columns)."""
+        assert self.inputs.cfg is not None
+        return self.inputs.cfg
 
 
 @dataclass
@@ -133,14 +140,16 @@ def _open(job: Job, clock: Stopwatch) -> Run:
         qrels = load_qrels(job.qrels_path) if job.qrels_path else None
         out = OutputDir(job.output_path)
         out.prepare(inputs.paths, inputs.dirs)
-        checkpoints = Checkpoints(out.fs, out.root, fingerprint(job.checkpoint_settings()))
+        texts = {"texts": inputs.version} if inputs.version else {}  # (the run layout's corpus and queries)
+        checkpoints = Checkpoints(out.fs, out.root, fingerprint(job.checkpoint_settings() | texts))
         return Run(inputs, qrels, out, checkpoints, RunCaches(job.cache, job.rerankers()), clock)
 
 
 def _score(job: Job, run: Run) -> Scored:
     with run.clock.stage("score"):
         run.lookups = run.caches.serve()
-        scored = score_pairs(run.inputs, job.input, job.scorers(run), run.checkpoints, keep_texts=job.keep_texts)
+        run.inputs = convert_runs(run.inputs, run.out.fs, converted_dir(run.checkpoints.root))
+        scored = score_pairs(run.inputs, run.input, job.scorers(run), run.checkpoints, keep_texts=job.keep_texts)
     if scored.scored == 0:
         raise InputError(f"input.path {job.input.path!r}: no valid pairs ({scored.pairs} read, "
                          f"{scored.skipped} skipped as invalid)")

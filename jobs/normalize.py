@@ -22,8 +22,10 @@ from jobs.schema import (
     FIRST_STAGE_RANK,
     FIRST_STAGE_SCORE,
     INSTRUCTION,
+    LINE,
     QUERY,
     QUERY_ID,
+    ROW,
     SHARD,
     SKIP_REASON,
     UNITS,
@@ -85,7 +87,7 @@ def skip_reasons(table: pa.Table, raw: dict[str, pa.ChunkedArray] | None = None)
     if FIRST_STAGE_SCORE in table.column_names:
         nan = pc.fill_null(pc.is_nan(table[FIRST_STAGE_SCORE]), False)
         reasons = pc.if_else(nan, pa.scalar("first-stage score is NaN"), reasons)
-    for column, is_text, reason in reversed(CHECKS):
+    for column, is_text, reason in reversed([c for c in CHECKS if c[0] in table.column_names]):
         reasons = pc.if_else(_bad(table[column], is_text), pa.scalar(reason), reasons)
         if raw and column in raw:
             not_utf8 = _not_utf8(raw[column], table[column])
@@ -93,13 +95,20 @@ def skip_reasons(table: pa.Table, raw: dict[str, pa.ChunkedArray] | None = None)
     return reasons
 
 
+def _carried(batch: pa.Table, name: str, kind: pa.DataType) -> pa.ChunkedArray:
+    """The read's column `name` (zeros when the rows did not come from jobs.units)."""
+    if name in batch.column_names:
+        return batch[name]
+    return pa.chunked_array([pa.array(np.zeros(len(batch)), kind)])
+
+
 @dataclass(frozen=True)
 class Normalizer:
     """Callable for map_batches(batch_format="pyarrow").
 
-    Each pair keeps its input row's `_shard` (the unit it was read in, jobs.units); `_units`
-    on an input row's first pair says how many pairs that row yielded (see
-    jobs.checkpoints.UnitAssembler).
+    Each pair keeps its input row's `_shard` (the unit it was read in, jobs.units) and `_row`
+    (the row's index in its file); `_units` on an input row's first pair says how many pairs
+    that row yielded (see jobs.checkpoints.RowAssembler).
     """
 
     cfg: InputConfig
@@ -110,16 +119,16 @@ class Normalizer:
         empty = None
         if self.cfg.layout == "nested":
             batch, units, empty = self._explode(batch)
-        raw = {QUERY: batch[c.query], DOC: batch[c.doc]}
-        cols = {
-            QUERY_ID: _as_id(batch[c.query_id]), QUERY: _as_string(raw[QUERY]),
-            DOC_ID: _as_id(batch[c.doc_id]), DOC: _as_string(raw[DOC]),
-        }
+        texts = self.cfg.layout != "run"  # (the run layout's texts are joined later: jobs.text_join)
+        raw = {QUERY: batch[c.query], DOC: batch[c.doc]} if texts else {}
+        cols = {QUERY_ID: _as_id(batch[c.query_id]), QUERY: _as_string(raw[QUERY]) if texts else None,
+                DOC_ID: _as_id(batch[c.doc_id]), DOC: _as_string(raw[DOC]) if texts else None}
+        cols = {name: col for name, col in cols.items() if col is not None}
         if c.score:
             cols[FIRST_STAGE_SCORE] = batch[c.score].cast(pa.float64())
         if c.rank:
             cols[FIRST_STAGE_RANK] = batch[c.rank].cast(pa.int32())
-        if c.instruction:
+        if c.instruction and texts:
             cols[INSTRUCTION] = _as_string(batch[c.instruction])
         for name in self.cfg.extra_columns:
             cols[name] = batch[name]
@@ -127,22 +136,16 @@ class Normalizer:
         reasons = skip_reasons(table, raw)
         if empty is not None:  # rows for queries without candidates: quarantined, never an error
             reasons = pc.if_else(pa.array(empty), pa.scalar(NO_CANDIDATES), reasons)
-        if self.cfg.on_invalid == "error" and pc.any(self._errors(reasons)).as_py():
-            raise InputError(self._describe(table, reasons, batch))
-        return (table.append_column(SKIP_REASON, reasons)
-                .append_column(SHARD, self._shard_column(batch))
-                .append_column(UNITS, pa.array(units, pa.int32())))
-
-    @staticmethod
-    def _errors(reasons: pa.ChunkedArray) -> pa.ChunkedArray:
-        """True where a row is invalid (a query without candidates is not an error)."""
-        return pc.fill_null(pc.not_equal(reasons, NO_CANDIDATES), False)
-
-    @staticmethod
-    def _shard_column(batch: pa.Table) -> pa.ChunkedArray:
-        if SHARD in batch.column_names:
-            return batch[SHARD]
-        return pa.chunked_array([np.zeros(len(batch), dtype=np.int32)])
+        if self.cfg.on_invalid == "error" and pc.any(_errors(reasons)).as_py():
+            raise InputError(describe(table, reasons, batch))
+        out = (table.append_column(SKIP_REASON, reasons)
+               .append_column(SHARD, _carried(batch, SHARD, pa.int32()))
+               .append_column(ROW, _carried(batch, ROW, pa.int64()))
+               .append_column(UNITS, pa.array(units, pa.int32())))
+        if not texts:  # (where a pair came from, for the errors the join finds: TextCheck)
+            out = out.append_column(PATH_COLUMN, batch[PATH_COLUMN]) if PATH_COLUMN in batch.column_names else out
+            out = out.append_column(LINE, batch[LINE]) if LINE in batch.column_names else out
+        return out
 
     def _explode(self, batch: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
         """One row per query with a candidates list -> one row per (query, candidate).
@@ -171,19 +174,56 @@ class Normalizer:
         empty = np.concatenate([np.zeros(len(parents), dtype=bool), np.ones(len(no_cands), dtype=bool)])
         return table, units, empty
 
-    def _describe(self, table: pa.Table, reasons: pa.ChunkedArray, batch: pa.Table) -> str:
-        bad = self._errors(reasons)
-        rows = table.filter(bad).slice(0, MAX_LISTED).to_pylist()
-        why = reasons.filter(bad).slice(0, MAX_LISTED).to_pylist()
-        files = batch[PATH_COLUMN].filter(bad).to_pylist() if PATH_COLUMN in batch.column_names \
-            and len(batch) == len(table) else [None] * len(rows)
-        lines = [
-            f"{f + ': ' if f else ''}(query_id={r[QUERY_ID]!r}, doc_id={r[DOC_ID]!r}): {w}"
-            for r, w, f in zip(rows, why, files)
-        ]
-        total = pc.sum(bad).as_py()
-        return (
-            f"{total} invalid pair(s) in one input block (showing up to {MAX_LISTED}):\n  - "
-            + "\n  - ".join(lines)
-            + "\nFix the input, or set input.on_invalid: skip to drop such pairs and count them."
-        )
+
+@dataclass(frozen=True)
+class TextCheck:
+    """Callable for map_batches(batch_format="pyarrow"), after the run layout's texts were
+    joined (jobs.text_join): the text checks the Normalizer makes of flat and nested pairs,
+    then the invalid pairs are an error naming their file and row (or line) under
+    input.on_invalid: error. Drops where the pairs came from."""
+
+    on_invalid: str
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        found = skip_reasons(table)
+        reasons = pc.if_else(pc.is_null(table[SKIP_REASON]), found, table[SKIP_REASON])
+        if self.on_invalid == "error" and pc.any(_errors(reasons)).as_py():
+            raise InputError(describe(table, reasons, table))
+        table = table.set_column(table.column_names.index(SKIP_REASON), SKIP_REASON, reasons)
+        return table.drop_columns([c for c in (PATH_COLUMN, LINE) if c in table.column_names])
+
+
+def _errors(reasons: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where a row is invalid (a query without candidates is not an error)."""
+    return pc.fill_null(pc.not_equal(reasons, NO_CANDIDATES), False)
+
+
+def _where(batch: pa.Table, bad: pa.ChunkedArray, shown: int) -> list[str]:
+    """The file and row (0-based; a text run's line, 1-based) of the first `shown` bad rows."""
+    if PATH_COLUMN not in batch.column_names:
+        return [""] * shown
+    files = batch[PATH_COLUMN].filter(bad).slice(0, shown).to_pylist()
+    if LINE in batch.column_names:
+        return [f"{f} line {n}: " for f, n in zip(files, batch[LINE].filter(bad).slice(0, shown).to_pylist(),
+                                                   strict=True)]
+    if ROW in batch.column_names:
+        return [f"{f} row {n}: " for f, n in zip(files, batch[ROW].filter(bad).slice(0, shown).to_pylist(),
+                                                  strict=True)]
+    return [f"{f}: " for f in files]
+
+
+def describe(table: pa.Table, reasons: pa.ChunkedArray, batch: pa.Table) -> str:
+    """The invalid pairs of `table` (up to MAX_LISTED), with their reasons; where they came
+    from, from `batch` (the input rows as read, row for row)."""
+    bad = _errors(reasons)
+    rows = table.filter(bad).slice(0, MAX_LISTED).to_pylist()
+    why = reasons.filter(bad).slice(0, MAX_LISTED).to_pylist()
+    where = _where(batch, bad, len(rows)) if len(batch) == len(table) else [""] * len(rows)
+    lines = [f"{f}(query_id={r[QUERY_ID]!r}, doc_id={r[DOC_ID]!r}): {w}"
+             for r, w, f in zip(rows, why, where, strict=True)]
+    total = pc.sum(bad).as_py()
+    return (
+        f"{total} invalid pair(s) in one input block (showing up to {MAX_LISTED}):\n  - "
+        + "\n  - ".join(lines)
+        + "\nFix the input, or set input.on_invalid: skip to drop such pairs and count them."
+    )

@@ -5,6 +5,7 @@ Layout of output.path after a successful run:
     _quarantine/*.parquet    skipped pairs: ids, reason, input file (when there are any)
     _run_report.json/.txt    counts, stage times, model, inputs, versions
     _report.html             the same, with figures, readable offline
+    _run.trec                the ranking as a TREC run file (output.trec)
     _SUCCESS                 JSON: run id, row count, files; written last
     _checkpoints/            per-input-file scores of an unfinished run (jobs.checkpoints)
 Everything the job writes besides the ranked rows starts with `_`, so readers that
@@ -35,8 +36,9 @@ REPORT_TEXT = "_run_report.txt"
 REPORT_HTML = "_report.html"
 FLAG_EMBEDDING = "_flag_embedding"  # distillation: FlagEmbedding reranker JSONL
 CROSS_ENCODER = "_cross_encoder"  # distillation: (query, doc, label) Parquet
+TREC_RUN = "_run.trec"  # output.trec: the ranking as a TREC run file
 # Replaced together with the part files:
-SIDE_OUTPUTS = (QUARANTINE, REPORT_JSON, REPORT_TEXT, REPORT_HTML, FLAG_EMBEDDING, CROSS_ENCODER)
+SIDE_OUTPUTS = (QUARANTINE, REPORT_JSON, REPORT_TEXT, REPORT_HTML, FLAG_EMBEDDING, CROSS_ENCODER, TREC_RUN)
 
 
 class OutputError(UserError):

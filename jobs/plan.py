@@ -22,6 +22,9 @@ Figures file (benchmarks/figures.json; benchmarks/throughput.py may append rows)
       "contender": "ours", "pairs_per_s": 813.3, "real_tokens_per_s": 321776.0, "mean_tokens": 395.6,
       "date": "2026-11-23", "command": "benchmarks/throughput.py ...", "source": "...", "data": "..."}]}
 shape may add kv_heads, head_dim (GQA) and gated (SwiGLU MLP); data (the sample) is optional;
+"old_counting": true marks a figure recorded before its tokens were counted per sequence on
+packed batches and before each contender ran in its own process: the plan still uses it and
+says so;
 device is torch.cuda.get_device_name(), or "CPU ..." for a CPU run. A row is chosen by
 GPU, then shape, then contender ("job" - the whole job's steady state - before "ours", the
 bare scorer; "job compiled" before "compiled" with --compiled), fast dtype, newest date.
@@ -52,6 +55,9 @@ GPUS = {"H100-SXM": (989, r"H100 (80GB HBM3|SXM)"), "H100-PCIE": (756, r"H100 PC
         "A100": (312, r"A100"), "L4": (121, r"\bL4\b"), "A10G": (125, r"A10G"), "L40S": (362, r"L40S"),
         "CPU": (None, r"^CPU")}
 ALIASES = {"H100": "H100-SXM"}
+OLD_COUNTING = ("the figure used was recorded with the old counting (a packed batch counted as one sequence, "
+                "every contender in one long-lived process) and not yet re-recorded on a GPU; its pairs/s and mean "
+                "tokens, and so this plan, may be off")
 # On-demand list prices per GPU-hour: AWS EC2 Linux, us-east-1 (aws.amazon.com/ec2/pricing/on-demand/), instance
 # price / GPUs, P4/P5 after AWS's June 2025 cut. Prices change: pass --price-per-gpu-hour for yours.
 PRICES = {"L4": (0.805, "g6.xlarge"), "A10G": (1.006, "g5.xlarge"), "L40S": (1.861, "g6e.xlarge"),
@@ -150,10 +156,12 @@ def plan(pairs: float, tokens: float, model: str, shape: dict, gpu: str, price: 
     price_src = ("given (--price-per-gpu-hour)" if price is not None else
                  f"assumed price: AWS on-demand us-east-1, {listed[1]}" if listed else None)
     price = price if price is not None else (listed[0] if listed else None)
+    warnings = [OLD_COUNTING] if fig.get("old_counting") else []
     return dict(model=model, shape=shape, gpu=gpu, pairs=pairs, mean_tokens=tokens, flops_per_pair=fpp,
                 pairs_per_s_per_gpu=per_gpu, achieved_flops_per_s=achieved * device, gpu_hours=gpu_hours,
                 price_per_gpu_hour=price, price_source=price_src, cost=None if price is None else gpu_hours * price,
                 estimate=any(x["kind"] in ("model", "device") for x in scaling), figure=fig, scaling=scaling,
+                warnings=warnings,
                 workers=[dict(workers=n, pairs_per_s=per_gpu * n, wall_hours=gpu_hours / n) for n in workers])
 
 
@@ -181,6 +189,7 @@ def render(p: dict) -> str:
     lines += [f"scaling: {s['kind']} x{s['factor']:.4f}: {s['why']}" for s in p["scaling"]] or ["scaling: none"]
     what = ("the job's steady state (score stage, actors up)" if f["contender"].startswith("job")
             else "the bare scorer's steady state")
+    lines += [f"warning: {w}" for w in p.get("warnings", [])]
     return "\n".join([*lines, f"note: {what}; actor start-up and ranking come on top"])
 
 
@@ -231,7 +240,7 @@ def parse(args: argparse.Namespace) -> tuple:
         dims = [int(x) for x in args.shape.split(",") if x.strip().isdigit() and int(x) > 0]
         if len(dims) != 3 or len(args.shape.split(",")) != 3:
             raise ConfigError(f"--shape {args.shape!r}: accepted: layers,hidden,intermediate, e.g. 24,1024,4096")
-        shape = dict(zip(("layers", "hidden", "intermediate"), dims))
+        shape = dict(zip(("layers", "hidden", "intermediate"), dims, strict=True))
         return *flags, args.model or "custom", shape, gpu, price, workers
     if (args.model or "").lower() not in MODELS:
         raise ConfigError(f"--model {args.model!r}: unknown; accepted: {', '.join(KNOWN)} (case-insensitive), "

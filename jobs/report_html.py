@@ -136,7 +136,7 @@ def histogram_figure(table: pa.Table, s: ScoreSeries) -> str:
     w, h = 500, 240
     parts, sx, sy = frame(w, h, xr, (0, int(counts.max())), ticks(lo, hi), ticks(0, int(counts.max())),
                           f"score ({s.score_column})", "pairs")
-    for c, a, b in zip(counts, edges[:-1], edges[1:]):
+    for c, a, b in zip(counts, edges[:-1], edges[1:], strict=True):
         x, x2, y = float(sx(a)), float(sx(b)), float(sy(c))
         parts.append(f'<rect class="bar" x="{x + 0.5:.1f}" y="{y:.1f}" width="{max(x2 - x - 1, 0.5):.1f}" '
                      f'height="{h - PAD_B - y:.1f}"><title>{num(a, 3)} to {num(b, 3)}: {c:,}</title></rect>')
@@ -159,7 +159,7 @@ def share_table(rows: list[tuple[str, str, str, int]], total: int) -> str:
 
 def dots(xs: np.ndarray, ys: np.ndarray, colours: np.ndarray, titles: list[str] | None = None) -> list[str]:
     out = []
-    for i, (x, y, c) in enumerate(zip(xs, ys, colours)):
+    for i, (x, y, c) in enumerate(zip(xs, ys, colours, strict=True)):
         tip = f"<title>{escape(titles[i])}</title>" if titles else ""
         out.append(f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="2.6" fill="{c}" fill-opacity=".5">{tip}</circle>')
     return out

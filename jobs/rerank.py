@@ -17,8 +17,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import ray
 
 from jobs.cascade import StageCheckpoints, rank_cascade
 from jobs.cli import run_cli
@@ -27,12 +29,13 @@ from jobs.evaluate import Run as Ranking
 from jobs.evaluate import evaluate, read_run
 from jobs.fs import arrow_filesystem
 from jobs.lifecycle import Job, Produced, Run, run_job
-from jobs.output import OutputError
+from jobs.output import TREC_RUN, OutputError
 from jobs.report_html import ScoreSeries, render_report, sample_rows
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, RANK, SCORE, stage_rank, stage_score
 from jobs.score_cache import cache_hits
 from jobs.stages import Scored, Scorer, count_queries, footer_rows, parquet_files, rank_pairs
 from jobs.summary import RunSummary
+from jobs.trec_run import write_trec
 from reranker_actors.base import RerankerConfig
 from reranker_actors.registry import score_settings
 
@@ -83,11 +86,15 @@ class RerankJob(Job[Ranked]):
         ranked.files = parquet_files(out.fs, ranked.staged)
         ranked.rows_out = footer_rows(out.fs, ranked.files)
         self._check_ranked(scored, ranked.rows_out)
+        if cfg.output.trec:
+            with run.clock.stage("trec"):
+                ranked.side[TREC_RUN] = out.staging(TREC_RUN)
+                ray.get(_write_trec.remote(out.fs, ranked.files, ranked.side[TREC_RUN], cfg.output.trec_tag))
         ranked.queries = count_queries(out.fs, ranked.files)
         stage_files = [parquet_files(out.fs, d) for d in ranked.stage_dirs]
         ranked.cache_rows += [(i - 1, files, stage_score(i)) for i, files in enumerate(stage_files, start=2)]
         hits = [cache_hits(out.fs, files, stage_score(i)) for i, files in enumerate(stage_files, start=2)]
-        ranked.stage_cached = [scored.cached, *(h - r for h, r in zip(hits, ranked.stage_resumed[1:]))]
+        ranked.stage_cached = [scored.cached, *(h - r for h, r in zip(hits, ranked.stage_resumed[1:], strict=True))]
         return ranked
 
     def _check_ranked(self, scored: Scored, rows_out: int) -> None:
@@ -104,7 +111,7 @@ class RerankJob(Job[Ranked]):
         """The first stage on all scored pairs (before top_k), each cascade stage but the last
         (on the rows the output keeps), and the final ranking."""
         assert run.qrels is not None
-        fs, judged, c = run.out.fs, set(run.qrels), self.cfg.input.columns
+        fs, judged, c = run.out.fs, set(run.qrels), run.input.columns
         runs: dict[str, Ranking] = {}
         first = FIRST_STAGE_RANK if c.rank else FIRST_STAGE_SCORE if c.score else None
         if first:
@@ -145,8 +152,14 @@ class RerankJob(Job[Ranked]):
                                                          *(s.rank_column for s in series)])
         ndcg = {stage: {q: m[f"ndcg@{cfg.eval.k}"] for q, m in pq.items()} for stage, pq in per_query.items()}
         return render_report(table, series, title=f"batch-rerank {run.out.run_id}", counts=summary.counts(),
-                             first_stage_rank=FIRST_STAGE_RANK if cfg.input.columns.rank else None, ndcg=ndcg,
+                             first_stage_rank=FIRST_STAGE_RANK if run.input.columns.rank else None, ndcg=ndcg,
                              k=cfg.eval.k)
+
+
+@ray.remote
+def _write_trec(fs: fsspec.AbstractFileSystem, files: list[str], dest: str, tag: str) -> int:
+    """_run.trec, written by a worker: it streams every ranked row (the driver holds none)."""
+    return write_trec(fs, files, dest, tag)
 
 
 def run(cfg: JobConfig) -> RunSummary:

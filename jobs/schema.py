@@ -22,9 +22,9 @@ from reranker_actors.columns import (
 )
 
 __all__ = ["ATTENTION", "BATCH_END", "BATCH_START", "DOC", "DOC_ID", "DTYPE", "FIRST_STAGE_RANK", "FIRST_STAGE_SCORE",
-           "HIT_PREFIX", "INSTRUCTION", "KEY_PREFIX", "MODEL", "OUTPUT_COLUMNS", "QUERY", "QUERY_ID", "RANK",
-           "SCORE", "SHARD", "SKIP_REASON", "TEXTS", "TRUNCATED", "UNITS", "cache_hit_column", "cache_key_column",
-           "stage_rank", "stage_score"]
+           "HIT_PREFIX", "INSTRUCTION", "KEY_PREFIX", "LINE", "MODEL", "OUTPUT_COLUMNS", "QUERY", "QUERY_ID", "RANK",
+           "ROW", "SCORE", "SHARD", "SKIP_REASON", "TEXTS", "TRUNCATED", "UNITS", "cache_hit_column",
+           "cache_key_column", "stage_rank", "stage_score"]
 
 FIRST_STAGE_SCORE = "first_stage_score"
 FIRST_STAGE_RANK = "first_stage_rank"
@@ -36,6 +36,8 @@ OUTPUT_COLUMNS = (QUERY_ID, DOC_ID, SCORE, RANK, FIRST_STAGE_SCORE, FIRST_STAGE_
 # Internal columns, never in the output:
 SHARD = "_shard"  # index of the read unit (jobs.units) the row came in, among this run's units
 UNITS = "_units"  # on an input row's first pair: how many pairs that row yielded; else 0
+ROW = "_row"  # the input row the pair came from, within its input file
+LINE = "_line"  # a text run converted to Parquet (jobs.run_inputs): the row's line in the text file
 
 
 def stage_score(stage: int) -> str:

@@ -1,8 +1,9 @@
 """The Ray Data pipelines of a rerank job, and the counts read back from what they wrote.
 
 score:  UnitDatasource (the row ranges without a checkpoint, in units of about one batch)
-        -> Normalizer (tasks) -> ScoreActor (actor pool) -> driver: UnitAssembler ->
-        PartWriter (complete units, every few seconds, one part per input file)
+        -> Normalizer (tasks) -> blocks of exactly one batch -> ScoreActor (actor pool) ->
+        driver: RowAssembler -> PartWriter (complete input rows, within a second of leaving
+        the pool, one part per input file)
 rank:   checkpoints -> drop skipped -> Ranker over whole queries -> ranked staging: whole
         input files packed into tasks when no query spans two input files, else one task for
         up to a million pairs, else map_groups(query_id) after a shuffle
@@ -17,6 +18,7 @@ import math
 import posixpath
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +29,15 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray.data
 
-from jobs.checkpoints import Checkpoints, FileParts, PartEntry, PartWriter, UnitAssembler, shard_id
+from jobs.checkpoints import Checkpoints, FileParts, PartEntry, PartWriter, RowAssembler, shard_id
 from jobs.config import ActorConfig, InputConfig, JobConfig
 from jobs.fs import arrow_filesystem
-from jobs.inputs import Inputs
-from jobs.normalize import Normalizer
+from jobs.inputs import PATH_COLUMN, Inputs
+from jobs.normalize import Normalizer, TextCheck
 from jobs.ranking import Ranker
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
-from jobs.schema import BATCH_END, BATCH_START, QUERY_ID, RANK, SKIP_REASON
+from jobs.schema import BATCH_END, BATCH_START, QUERY_ID, RANK, ROW, SHARD, SKIP_REASON
+from jobs.text_join import join_texts
 from jobs.units import UnitDatasource, plan_units
 from reranker_actors.actor import ScoreActor
 from reranker_actors.base import RerankerConfig
@@ -120,31 +123,46 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
     units = plan_units(inputs.files, done, batch_pairs)
     writer = PartWriter(checkpoints, inputs.files, sids)
     window = ActorWindow(time.time())
-    if units:
-        # (a dataset keeps the DataContext of its creation)
-        with actor_pool_deadline([s.actor for s in scorers]):
+    # (a dataset keeps the DataContext of its creation)
+    with writer, actor_pool_deadline([s.actor for s in scorers]) if units else nullcontext():
+        if units:
             source = UnitDatasource(inputs.fs, inputs.files, units, inputs.columns)
             # (one block per read task, not split further: Normalizer fuses into the read)
             ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks())
             ds = ds.map_batches(Normalizer(input_cfg), batch_format="pyarrow", batch_size=None)
-            # Blocks of at most one batch: an actor call returns (and its rows become durable)
-            # batch by batch, not after all the blocks a read task merged into one.
-            ds = ds.repartition(target_num_rows_per_block=batch_pairs)
+            if inputs.texts:  # (the run layout: ids, joined here with the corpus and queries)
+                ds = join_texts(ds, inputs.texts, sum(u.num_rows for u in units),
+                                normalized_schema(inputs, input_cfg))
+                ds = ds.map_batches(TextCheck(input_cfg.on_invalid), batch_format="pyarrow", batch_size=None)
+            # Blocks of exactly one batch, so that each actor task is one call and its rows
+            # leave the pool (and become durable) as that call returns, not with the next one.
+            ds = ds.repartition(target_num_rows_per_block=batch_pairs, strict=True)
             for i, scorer in enumerate(scorers):
                 keep = keep_texts or i < len(scorers) - 1
                 ds = ds.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(
                     scorer.actor, scorer.constructor_kwargs(input_cfg.on_invalid, keep)))
-            assembler = UnitAssembler(units, inputs.files)
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            assembler = RowAssembler(units, inputs.files)
+            # prefetch_batches=0: with prefetching, Ray Data hands a block over only once the
+            # next one has arrived, a whole batch time later.
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
                 window.add(batch)
-                for unit, table in assembler.add(batch):
-                    writer.add(units[unit], table)
+                for file, ranges, table in assembler.add(batch):
+                    writer.add(file, ranges, table)
             assembler.check_complete()
-            writer.flush()
     entries = sorted(earlier + writer.written, key=lambda e: (index[e.sid], e.ranges))
     scored_now = sum(e.rows - e.skipped - e.cached for e in writer.written)
     return Scored(entries, sum(e.rows for e in earlier), scored_now, round(window.startup_s, 3),
                   round(window.pairs_per_s(scored_now), 2))
+
+
+def normalized_schema(inputs: Inputs, cfg: InputConfig) -> pa.Schema:
+    """The schema of the pairs the Normalizer makes of the input files' rows (from the first
+    file's footer and an empty table)."""
+    with inputs.fs.open(inputs.files[0].path, "rb") as f:
+        empty = pq.ParquetFile(f).schema_arrow.empty_table().select(inputs.columns)
+    for name, kind in ((SHARD, pa.int32()), (ROW, pa.int64()), (PATH_COLUMN, pa.string())):
+        empty = empty.append_column(name, pa.array([], kind))
+    return Normalizer(cfg)(empty).schema
 
 
 @dataclass

@@ -4,7 +4,8 @@ crash loses the units in flight, not a whole file or a group of small files read
 
     plan_units(files, done, pairs)  -> the row ranges not done yet, cut into units
     UnitDatasource                  -> a Ray Data datasource: one block per unit, tagged with
-                                       `_shard` (the unit's index) and `path` (its file's URL)
+                                       `_shard` (the unit's index), `_row` (the row's index in
+                                       its file) and `path` (its file's URL)
 
 A read task reads consecutive units of one file (up to READ_TASK_PAIRS pairs), each row
 group once, so units smaller than a row group cost no extra reads.
@@ -18,13 +19,14 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from jobs.inputs import PATH_COLUMN, InputFile
-from jobs.schema import SHARD
+from jobs.schema import ROW, SHARD
 
 READ_TASK_PAIRS = 200_000  # pairs one read task reads (a few seconds of normalizing)
 
@@ -131,7 +133,8 @@ class UnitDatasource(Datasource):
 
 def read_units(fs: fsspec.AbstractFileSystem, file: InputFile, units: list[tuple[int, int, int]],
                columns: list[str]) -> Iterator[pa.Table]:
-    """Per (index, start, stop) of `file`, its rows with `_shard` = index and `path` = the URL.
+    """Per (index, start, stop) of `file`, its rows with `_shard` = index, `_row` = the row's
+    index in the file and `path` = the URL.
     Units come in row order; each row group is read once."""
     starts = [0, *accumulate(file.row_groups or (file.num_rows,))]
     loaded: dict[int, pa.Table] = {}
@@ -147,5 +150,6 @@ def read_units(fs: fsspec.AbstractFileSystem, file: InputFile, units: list[tuple
                     loaded[group] = parquet.read_row_group(group, columns=columns)
             rows = pa.concat_tables([loaded[g] for g in range(first, last + 1)])
             rows = rows.slice(start - starts[first], stop - start)
-            yield (rows.append_column(SHARD, pa.array([index] * len(rows), pa.int32()))
+            yield (rows.append_column(SHARD, pa.array(np.full(len(rows), index, np.int32)))
+                   .append_column(ROW, pa.array(np.arange(start, stop, dtype=np.int64)))
                    .append_column(PATH_COLUMN, pa.array([file.url] * len(rows), pa.string())))

@@ -137,12 +137,15 @@ class ScoreActor:
         keys = self._look_up(batch, rows) if self.cache is not None else None
         failed = self._score(batch, rows)
         self._settle_failures(batch, rows, failed)
-        return self._assemble(batch, rows, keys, started)
+        out = self._assemble(batch, rows, keys, started)
+        if self.faults:
+            self.faults.left(batch[QUERY_ID].to_pylist(), batch[DOC_ID].to_pylist())
+        return out
 
     def _look_up(self, batch: pa.Table, rows: _Rows) -> pa.FixedSizeBinaryArray:
         """Take cached scores; return every row's key (an invalid row's is never looked at)."""
         def texts(column: str) -> list[str]:
-            return [t if ok else "" for t, ok in zip(batch[column].to_pylist(), rows.valid)]
+            return [t if ok else "" for t, ok in zip(batch[column].to_pylist(), rows.valid, strict=True)]
         instructions = texts(INSTRUCTION) if INSTRUCTION in batch.column_names else None
         keys = pair_keys(self.dtype, texts(QUERY), texts(DOC), instructions)
         assert self.cache is not None

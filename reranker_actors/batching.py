@@ -64,7 +64,7 @@ def ahead(fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
 def pad(seqs: list[list[int]], pad_value: int) -> np.ndarray:
     """Right-pad a list of int sequences into an (n, longest) int64 array."""
     out = np.full((len(seqs), max(map(len, seqs))), pad_value, dtype=np.int64)
-    for row, seq in zip(out, seqs):
+    for row, seq in zip(out, seqs, strict=True):
         row[: len(seq)] = seq
     return out
 

@@ -35,7 +35,7 @@ def pair_keys(dtype: str, queries: Sequence[str], docs: Sequence[str],
     """128-bit keys of (dtype, instruction, query, doc); each part length-prefixed."""
     head = _part(dtype)
     out = bytearray()
-    for i, (query, doc) in enumerate(zip(queries, docs)):
+    for i, (query, doc) in enumerate(zip(queries, docs, strict=True)):
         h = hashlib.blake2b(head, digest_size=16)
         h.update(_part((instructions[i] if instructions else None) or ""))
         h.update(_part(query))

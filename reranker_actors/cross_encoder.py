@@ -67,7 +67,7 @@ class CrossEncoderReranker(HFReranker):
         truncated = np.zeros(len(queries), dtype=bool)
         parts = host_slices(len(queries), self.device)
         encoded = ahead(lambda part: self.encoder.encode_pairs(queries[part], docs[part]), parts)
-        for part, enc in zip(parts, encoded):
+        for part, enc in zip(parts, encoded, strict=True):
             truncated[part] = enc.cut
             batches = packed_batches if self.packed else token_budget_batches
             for idx in batches(enc.lengths, self.max_tokens):

@@ -8,6 +8,9 @@ Enabled by the environment variable BATCH_RERANK_TEST_FAULTS holding JSON, e.g.
     {"count_file": "/tmp/n"}                       each batch appends how many pairs it scored
     {"resources_file": "/tmp/r"}                   each actor appends its model and the Ray
                                                    resources it was given (a JSON line)
+    {"batch_log": "/tmp/b"}                        each batch appends, as it leaves the actor, a
+                                                   JSON line: {"end": unix time, "pairs":
+                                                   [[query_id, doc_id], ...]}
 The job forwards the variable to its workers (runtime_env). Unset, nothing here runs.
 """
 
@@ -34,6 +37,7 @@ class Faults:
     raise_on_doc_id: str | None = None
     count_file: str | None = None
     resources_file: str | None = None
+    batch_log: str | None = None
     calls: int = 0
 
     @classmethod
@@ -73,3 +77,10 @@ class Faults:
         if self.count_file is not None:
             with open(self.count_file, "a") as f:  # one short append per batch: atomic enough
                 f.write(f"{pairs}\n")
+
+    def left(self, query_ids: Sequence[str], doc_ids: Sequence[str]) -> None:
+        """A batch is about to leave the actor (its output is assembled)."""
+        if self.batch_log is not None:
+            line = json.dumps({"end": time.time(), "pairs": list(zip(query_ids, doc_ids, strict=True))})
+            with open(self.batch_log, "a") as f:  # (one write per line: lines of one actor never interleave)
+                f.write(line + "\n")

@@ -108,7 +108,7 @@ class LLMYesNoReranker(HFReranker):
         super().__init__(config, device)
         tokens = [config.positive_token] + ([config.negative_token] if config.negative_token else [])
         keys = ["positive_token", "negative_token"]
-        ids = [_token_id(self.tokenizer, t, k, config.model) for t, k in zip(tokens, keys)]
+        ids = [_token_id(self.tokenizer, t, k, config.model) for t, k in zip(tokens, keys, strict=True)]
         self.decoder = self.model.get_decoder()
         # The two LM-head rows that matter, as a (hidden, 1 or 2) matrix in float32.
         self.head = self.model.get_output_embeddings().weight[ids].detach().float().T.contiguous()
@@ -189,7 +189,7 @@ class LLMYesNoReranker(HFReranker):
         parts = host_slices(len(queries), self.device)
         encoded = ahead(lambda p: self.encoder.encode(queries[p], docs[p], instructions[p] if instructions else None),
                         parts)
-        for part, batch in zip(parts, encoded):
+        for part, batch in zip(parts, encoded, strict=True):
             cut[part] = batch.cut
             self._enqueue(batch, share, done, part.start)
         out = np.empty((len(queries), self.head.shape[1]), dtype=np.float32)

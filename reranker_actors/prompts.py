@@ -74,7 +74,7 @@ class PromptEncoder:
         char_cap = self.budget * CHARS_PER_TOKEN_BOUND + 64
         precut = [self.doc_last and len(d) > char_cap for d in docs]
         texts = [self.body.format(instruction=i, query=q, doc=d[:char_cap] if c else d)
-                 for i, q, d, c in zip(inst, queries, docs, precut)]
+                 for i, q, d, c in zip(inst, queries, docs, precut, strict=True)]
         encs = self.tok.encode_batch(texts, add_special_tokens=True)
         bodies = [e.ids for e in encs]
         for k in (k for k, c in enumerate(precut) if c):
@@ -83,7 +83,7 @@ class PromptEncoder:
                 bodies[k] = self.tok.encode(full, add_special_tokens=True).ids
         ids = [self.prefix + b[: self.budget] + self.suffix for b in bodies]
         by_key: dict[tuple[str, str], list[int]] = {}
-        for k, key in enumerate(zip(inst, queries)):
+        for k, key in enumerate(zip(inst, queries, strict=True)):
             by_key.setdefault(key, []).append(k)
         groups = []
         for rows in by_key.values():

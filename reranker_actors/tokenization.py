@@ -121,12 +121,12 @@ class TextEncoder:
         t = self.pair
         unique = list(dict.fromkeys(queries))
         q_body, q_cut = self._encode_capped(unique, self.query_cap)
-        q_of = dict(zip(unique, zip(q_body, q_cut)))
+        q_of = dict(zip(unique, zip(q_body, q_cut, strict=True), strict=True))
         room = self.max_length - t.num_special
         unique_docs = list(dict.fromkeys(docs))  # (a document is often a candidate of several queries)
-        d_of = dict(zip(unique_docs, zip(*self._encode_capped(unique_docs, room))))
+        d_of = dict(zip(unique_docs, zip(*self._encode_capped(unique_docs, room), strict=True), strict=True))
         ids, types, cut = [], [], []
-        for query, doc in zip(queries, docs):
+        for query, doc in zip(queries, docs, strict=True):
             (q, q_was_cut), (d, d_was_cut) = q_of[query], d_of[doc]
             d_room = room - len(q)
             cut.append(q_was_cut or d_was_cut or len(d) > d_room)

@@ -31,7 +31,7 @@ def scores(model: str, rows: list[dict]) -> dict[tuple[str, str], float]:
     reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32",
                                "max_length": 512}, torch.device("cpu"))
     out = reranker.score([r["query"] for r in rows], [r["doc"] for r in rows]).values
-    return {(r["query_id"], r["doc_id"]): s for r, s in zip(rows, out.tolist())}
+    return {(r["query_id"], r["doc_id"]): s for r, s in zip(rows, out.tolist(), strict=True)}
 
 
 @pytest.mark.slow
@@ -56,7 +56,7 @@ def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHea
     out = pads.dataset(str(tmp_path / "out" / "cascade")).to_table()
     assert out.num_rows == len(table) == 600  # every pair once, ranked over all its candidates
     rows = {(r["query_id"], r["doc_id"]): r for r in out.to_pylist()}
-    assert set(rows) == set(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
+    assert set(rows) == set(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), strict=True))
     source = table.to_pylist()
     first, second = scores(tiny_bert_dir, source), scores(tiny_xlmr_dir, source)
     assert max(abs(rows[k]["stage1_score"] - v) for k, v in first.items()) < 1e-5

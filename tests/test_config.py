@@ -259,7 +259,7 @@ def _keys_at_default(raw: dict, model: BaseModel, prefix: str = "") -> list[str]
         if isinstance(current, BaseModel) and isinstance(value, dict):
             found += _keys_at_default(value, current, f"{prefix}{key}.")
         elif isinstance(current, list) and isinstance(value, list):
-            found += [k for i, (v, c) in enumerate(zip(value, current)) if isinstance(c, BaseModel)
+            found += [k for i, (v, c) in enumerate(zip(value, current, strict=True)) if isinstance(c, BaseModel)
                       for k in _keys_at_default(v, c, f"{prefix}{key}.{i}.")]
         elif key != "backend" and current == type(model).model_fields[key].get_default(call_default_factory=True):
             found.append(prefix + key)

@@ -63,9 +63,10 @@ def test_two_teachers_label_the_sample_in_every_format(tmp_path: Path, capsys: p
     for want in expected.to_pylist():
         have = got[want["query_id"]]
         assert have["positives"] == want["positives"] and have["hard_negatives"] == want["hard_negatives"]
-        for a, b in zip(have["candidates"], want["candidates"]):
-            assert a["doc_id"] == b["doc_id"] and abs(a["combined"] - b["combined"]) < 1e-3
-            assert abs(a["qwen3_8b"] - b["qwen3_8b"]) < 1e-4 and abs(a["bge_m3"] - b["bge_m3"]) < 1e-4
+        for a, b in zip(have["candidates"], want["candidates"], strict=True):
+            # (measured: 0.0 for all three on 600 pairs, fp32; the margins allow another CPU's rounding)
+            assert a["doc_id"] == b["doc_id"] and abs(a["combined"] - b["combined"]) < 1e-5
+            assert abs(a["qwen3_8b"] - b["qwen3_8b"]) < 1e-6 and abs(a["bge_m3"] - b["bge_m3"]) < 1e-6
 
     # FlagEmbedding's own reranker dataset reads the JSON lines the job wrote.
     from FlagEmbedding.abc.finetune.reranker import AbsRerankerDataArguments

@@ -40,9 +40,9 @@ def test_ray_job_submit_runs_the_demo_and_every_row_is_right(ray_head, tmp_path:
     table = pads.dataset(str(out)).to_table()
     source = sample_pairs()
     assert table.num_rows == source.num_rows == 600
-    got = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
+    got = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), strict=True))
     assert len(set(got)) == 600
-    assert set(got) == set(zip(source["query_id"].to_pylist(), source["doc_id"].to_pylist()))
+    assert set(got) == set(zip(source["query_id"].to_pylist(), source["doc_id"].to_pylist(), strict=True))
     first_stage = {(r["query_id"], r["doc_id"]): (r["bm25_score"], r["bm25_rank"]) for r in source.to_pylist()}
     per_query: dict[str, list[dict]] = {}
     for row in table.to_pylist():
@@ -64,7 +64,7 @@ def test_ray_job_submit_runs_the_demo_and_every_row_is_right(ray_head, tmp_path:
                                "dtype": "float32", "max_length": 256}, torch.device("cpu"))
     expected = reranker.score(check["query"].to_pylist(), check["doc"].to_pylist()).values
     scores = {(r["query_id"], r["doc_id"]): r["score"] for r in table.to_pylist()}
-    actual = np.array([scores[k] for k in zip(check["query_id"].to_pylist(), check["doc_id"].to_pylist())])
+    actual = np.array([scores[k] for k in zip(check["query_id"].to_pylist(), check["doc_id"].to_pylist(), strict=True)])
     assert np.abs(actual - expected).max() < 1e-5
 
 

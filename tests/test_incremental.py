@@ -39,7 +39,8 @@ def night_two(table: pa.Table) -> tuple[pa.Table, int]:
 
 def scores(out: Path) -> dict[tuple[str, str], float]:
     t = pads.dataset(str(out)).to_table()
-    return dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()), t["score"].to_pylist()))
+    keys = zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist(), strict=True)
+    return dict(zip(keys, t["score"].to_pylist(), strict=True))
 
 
 @pytest.mark.slow
@@ -74,8 +75,8 @@ def test_the_second_night_scores_only_what_changed(ray_head: RayHead, tmp_path: 
     diff = np.array([incremental[k] - rescored[k] for k in rescored])
     assert np.abs(diff).max() < 1e-5  # (fp32; batch shapes differ)
     texts = {(r["query_id"], r["doc_id"]): r["doc"] for r in first.to_pylist()}
-    unchanged = [k for k, d in zip(zip(second["query_id"].to_pylist(), second["doc_id"].to_pylist()),
-                                   second["doc"].to_pylist()) if texts.get(k) == d]
+    unchanged = [k for k, d in zip(zip(second["query_id"].to_pylist(), second["doc_id"].to_pylist(), strict=True),
+                                   second["doc"].to_pylist(), strict=True) if texts.get(k) == d]
     assert len(unchanged) == len(second) - to_score
     assert all(incremental[k] == before[k] for k in unchanged)  # last night's scores, bit for bit
     cache_files = list(cache.glob("*/part-*.parquet"))

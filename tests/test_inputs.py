@@ -43,7 +43,7 @@ def test_missing_path_and_no_parquet_files(tmp_path: Path) -> None:
         discover(InputConfig(path=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "data.csv").write_text("a,b\n")
-    with pytest.raises(InputError, match=r"empty.*no Parquet files found"):
+    with pytest.raises(InputError, match=r"empty.*no files found \(looked for \*\.parquet"):
         discover(InputConfig(path=str(tmp_path / "empty")))
 
 

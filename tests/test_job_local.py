@@ -51,7 +51,8 @@ def reference_scores(model: str, table: pa.Table) -> dict[tuple[str, str], float
     reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32",
                                "max_length": 128}, torch.device("cpu"))
     scores = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist()).values
-    return dict(zip(zip(table["qid"].to_pylist(), table["doc_id"].to_pylist()), scores.tolist()))
+    keys = zip(table["qid"].to_pylist(), table["doc_id"].to_pylist(), strict=True)
+    return dict(zip(keys, scores.tolist(), strict=True))
 
 
 def read_output(path: Path) -> pa.Table:
@@ -91,7 +92,7 @@ def test_every_pair_scored_once_ranked_and_passed_through(tmp_path: Path, tiny_b
     assert out.column_names == ["query_id", "doc_id", "score", "rank", "first_stage_score",
                                 "first_stage_rank", "model", "lang"]
     assert out.num_rows == len(table) == 606
-    pairs = list(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()))
+    pairs = list(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist(), strict=True))
     assert len(set(pairs)) == len(pairs)
     expected = reference_scores(tiny_bert_dir, table)
     assert set(pairs) == set(expected)
@@ -154,7 +155,7 @@ def test_nested_layout_gives_the_same_scores_as_flat(tmp_path: Path, tiny_bert_d
     out = read_output(tmp_path / "out")
     expected = reference_scores(tiny_bert_dir, flat.rename_columns(["qid", *flat.column_names[1:]]))
     got = {(q, d): s for q, d, s in zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist(),
-                                         out["score"].to_pylist())}
+                                         out["score"].to_pylist(), strict=True)}
     assert got.keys() == expected.keys()
     assert max(abs(got[k] - expected[k]) for k in got) < 1e-5
     check_ranks(out)
@@ -201,7 +202,7 @@ def test_duplicates_fail_by_default_and_dedupe_on_request(tmp_path: Path, tiny_b
     summary = run(load_config(path, ["input.on_duplicate=dedupe"]))
     assert summary.rows_out == 30
     out = read_output(tmp_path / "out")
-    assert len(set(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()))) == 30
+    assert len(set(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist(), strict=True))) == 30
 
 
 def test_a_pool_that_would_deadlock_two_cpus_is_refused(tmp_path: Path, tiny_bert_dir: str) -> None:
@@ -262,10 +263,11 @@ def test_per_row_instructions_reach_the_llm(tmp_path: Path, tiny_qwen3_dir: str)
     cfg["reranker"] = {"backend": "llm_yes_no", "model": tiny_qwen3_dir, "dtype": "float32", "max_length": 512}
     run(load_config(write_config(tmp_path / "job.yaml", cfg)))
     out = read_output(tmp_path / "out")
-    got = dict(zip(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()), out["score"].to_pylist()))
+    got = dict(zip(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist(), strict=True), out["score"].to_pylist(),
+                   strict=True))
     reranker = build_reranker(cfg["reranker"], torch.device("cpu"))
     expected = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist(), task).values
-    keys = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()))
+    keys = list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), strict=True))
     assert np.abs(np.array([got[k] for k in keys]) - expected).max() < 1e-5
     default = reranker.score(table["query"].to_pylist(), table["doc"].to_pylist()).values
     assert np.abs(np.array([got[k] for k in keys]) - default)[2::4].min() > 1e-6  # custom ones differ

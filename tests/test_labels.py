@@ -42,7 +42,7 @@ def reference(rows: list[dict], teachers: list[Teacher], cfg: LabelsConfig, qrel
         order = sorted(range(len(cands)), key=lambda i: (-combined[i], cands[i]["doc_id"]))
         exps = [math.exp((combined[i] - max(combined)) / cfg.temperature) for i in order]
         ranked = []
-        for rank, (i, e) in enumerate(zip(order, exps), start=1):
+        for rank, (i, e) in enumerate(zip(order, exps, strict=True), start=1):
             grade = (qrels or {}).get(qid, {}).get(cands[i]["doc_id"], -math.inf)
             positive = rank <= cfg.positives_top_k if qrels is None else grade >= cfg.min_relevance
             ranked.append(dict(cands[i], combined=combined[i], soft_label=e / sum(exps), teacher_rank=rank,
@@ -86,7 +86,8 @@ def qrels_for(rows: list[dict]) -> dict[str, dict[str, int]]:
     docs = defaultdict(list)
     for r in rows:
         docs[r["query_id"]].append(r["doc_id"])
-    qrels = {q: {d: g for d, g in zip(sorted(docs[q]), [2, 0, 1, 2, 1]) if g} for q in ("q2", "q3", "q4", "q5")}
+    grades = [2, 0, 1, 2, 1]  # (for each query's first five candidates by doc id; the rest have none)
+    qrels = {q: {d: g for d, g in zip(sorted(docs[q]), grades, strict=False) if g} for q in ("q2", "q3", "q4", "q5")}
     return qrels | {"q0": {"not-a-candidate": 2}, "elsewhere": {"x": 1}}  # q1, q_flat: no entry
 
 
@@ -111,7 +112,7 @@ def test_labels_match_the_reference(config: dict, kinds: tuple[str, str], with_q
     expected = reference(table.to_pylist(), teachers, cfg, qrels)
     assert out["query_id"].to_pylist() == [e["query_id"] for e in expected]
     exact = ("doc_id", "doc", "first_stage_rank", "teacher_rank", "positive", "hard_negative")
-    for got, want in zip(out.to_pylist(), expected):
+    for got, want in zip(out.to_pylist(), expected, strict=True):
         assert (got["query"], got["positives"], got["hard_negatives"], got["num_candidates"]) == (
             want["query"], want["positives"], want["hard_negatives"], len(want["candidates"]))
         assert sum(c["soft_label"] for c in got["candidates"]) == pytest.approx(1.0, rel=1e-12)
@@ -268,7 +269,7 @@ def test_flag_embedding_loads_the_jsonl(tmp_path: Path, tiny_bert_dir: str) -> N
     assert len(dataset) == len(records)
     assert dataset.dataset.features.arrow_schema.field("neg_scores").type == pa.list_(pa.float64())
     items = [dataset[i] for i in range(2)]
-    for (pairs, teacher), rec in zip(items, records.to_pylist()):
+    for (pairs, teacher), rec in zip(items, records.to_pylist(), strict=False):
         assert len(pairs) == len(teacher) == 4
         assert teacher[0] in rec["pos_scores"] and set(teacher[1:]) <= set(rec["neg_scores"])
     batch = AbsRerankerCollator(tokenizer=tokenizer, query_max_len=16, passage_max_len=32)(items)

@@ -20,7 +20,7 @@ def test_flat_columns_are_mapped_to_canonical_names_and_ids_read_as_strings() ->
                       "bm25": [1.5, 0.5], "r": [1, 2], "lang": ["en", "fr"], "ignored": [0, 0]})
     out = Normalizer(cfg)(table)
     assert out.column_names == ["query_id", "query", "doc_id", "doc", "first_stage_score",
-                                "first_stage_rank", "lang", "_skip_reason", "_shard", "_units"]
+                                "first_stage_rank", "lang", "_skip_reason", "_shard", "_row", "_units"]
     assert out["query_id"].to_pylist() == ["7", "7"] and out["doc_id"].to_pylist() == ["1", "2"]
     assert out["first_stage_rank"].type == pa.int32()
     assert out["_skip_reason"].null_count == 2
@@ -34,7 +34,7 @@ def test_nested_rows_are_exploded_to_pairs_and_a_query_without_candidates_is_kep
         [{"doc_id": "c", "doc": "C", "s": 2.0, "src": "bm25"}],
     ])
     table = pa.table({"query_id": ["q1", "q2", "q3"], "query": ["one", "two", "three"],
-                      "lang": ["en", "de", "zh"], "candidates": cands})
+                      "lang": ["en", "de", "zh"], "candidates": cands, "_row": pa.array([40, 41, 42])})
     out = Normalizer(cfg)(table)
     assert out.select(["query_id", "doc_id", "doc", "first_stage_score", "lang", "src"]).to_pylist() == [
         {"query_id": "q1", "doc_id": "a", "doc": "A", "first_stage_score": 1.0, "lang": "en", "src": "bm25"},
@@ -45,6 +45,7 @@ def test_nested_rows_are_exploded_to_pairs_and_a_query_without_candidates_is_kep
     assert out["_skip_reason"].to_pylist() == [None, None, None, "query has no candidates"]
     # Each input row announces its pair count on its first pair (for the shard checkpoints).
     assert out["_units"].to_pylist() == [2, 0, 1, 1] and sum(out["_units"].to_pylist()) == len(out)
+    assert out["_row"].to_pylist() == [40, 40, 42, 41]  # (every pair names its input row)
 
 
 def test_null_or_empty_text_is_an_error_naming_file_and_pairs() -> None:
@@ -120,7 +121,7 @@ def test_binary_text_is_decoded_and_invalid_utf8_is_named() -> None:
     assert out["_skip_reason"].to_pylist() == [None, "doc is not valid UTF-8", None]
 
 
-def test_pairs_keep_the_unit_their_row_was_read_in() -> None:
-    table = flat().append_column("_shard", pa.array([1, 0], pa.int32()))
+def test_pairs_keep_the_unit_and_the_input_row_they_were_read_in() -> None:
+    table = flat().append_column("_shard", pa.array([1, 0], pa.int32())).append_column("_row", pa.array([8, 3]))
     out = Normalizer(InputConfig(path="x"))(table)
-    assert out["_shard"].to_pylist() == [1, 0]
+    assert out["_shard"].to_pylist() == [1, 0] and out["_row"].to_pylist() == [8, 3]

@@ -37,7 +37,7 @@ def minilm_cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory, minilm_di
 
 def st_cross_scores(model_dir: str, queries: list[str], docs: list[str], max_length: int) -> np.ndarray:
     ce = CrossEncoder(model_dir, max_length=max_length, activation_fn=torch.nn.Identity(), device="cpu")
-    return ce.predict(list(zip(queries, docs)), batch_size=16)
+    return ce.predict(list(zip(queries, docs, strict=True)), batch_size=16)
 
 
 @pytest.mark.parametrize("model", ["tiny_bert_dir", "minilm_cross_encoder_dir"])
@@ -121,8 +121,8 @@ def test_cls_pooling_uses_the_first_token(minilm_dir: str, pairs) -> None:
             out = cls_reranker.model(**tok(text, truncation=True, max_length=max_length, return_tensors="pt"))
             return torch.nn.functional.normalize(out.last_hidden_state[0, 0], dim=-1)
         # Queries: capped at 3/4 of max_length (96) plus [CLS] and [SEP]; docs: max_length.
-        ref = np.array([float(emb(q, 98) @ emb(d, 128)) for q, d in zip(queries[:4], docs[:4])])
-    assert np.abs(cls - ref).max() < 1e-4 and np.abs(cls - mean).max() > 1e-3
+        ref = np.array([float(emb(q, 98) @ emb(d, 128)) for q, d in zip(queries[:4], docs[:4], strict=True)])
+    assert np.abs(cls - ref).max() < 1e-6 and np.abs(cls - mean).max() > 1e-3  # (measured: 1.8e-7)
 
 
 def test_a_missing_model_fails_naming_the_model(tmp_path: Path) -> None:
@@ -154,7 +154,8 @@ def test_compiled_cross_encoder_equals_sentence_transformers(tiny_bert_dir: str,
     assert reranker.model.base_model._compiled_call_impl is not None  # (compiled in place)
     ours = reranker.score(queries, docs).values
     ref = st_cross_scores(tiny_bert_dir, queries, docs, max_length=128)
-    assert np.abs(ours - ref).max() < 1e-4 and np.std(ours) > 1e-3  # (fused kernels reorder fp32 sums: ~1e-5)
+    # (fused kernels reorder fp32 sums: measured 1.1e-5)
+    assert np.abs(ours - ref).max() < 5e-5 and np.std(ours) > 1e-3
 
 
 def test_scores_do_not_depend_on_host_slices(tiny_bert_dir: str, pairs, monkeypatch: pytest.MonkeyPatch) -> None:

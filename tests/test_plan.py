@@ -172,6 +172,20 @@ def test_a_figures_file_with_a_missing_field_is_an_error(capsys, tmp_path) -> No
     assert code == 2 and "figure 0 lacks pairs_per_s" in err
 
 
+def test_a_figure_recorded_with_the_old_counting_is_used_and_the_plan_says_so(capsys, figures) -> None:
+    old = figures(row(pairs_per_s=500.0) | {"old_counting": True})
+    p = plan_json(capsys, old)
+    assert p["pairs_per_s_per_gpu"] == pytest.approx(500.0) and len(p["warnings"]) == 1
+    assert "old counting" in p["warnings"][0] and "not yet re-recorded on a GPU" in p["warnings"][0]
+    code, out, _ = run(capsys, "--pairs", "1e6", "--mean-tokens", "200", "--model", "BAAI/bge-reranker-v2-m3",
+                       "--gpu", "H100", "--figures", old)
+    assert code == 0 and "warning: the figure used was recorded with the old counting" in out
+    assert plan_json(capsys, figures(row()))["warnings"] == []
+    _, out, _ = run(capsys, "--pairs", "1e6", "--mean-tokens", "200", "--model", "BAAI/bge-reranker-v2-m3",
+                    "--gpu", "H100", "--figures", figures(row()))
+    assert "warning:" not in out
+
+
 def test_pair_flops_equal_the_benchmarks_useful_flops() -> None:
     spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
     throughput = importlib.util.module_from_spec(spec)
@@ -205,3 +219,5 @@ def test_the_seeded_figures_give_a_self_consistent_plan_for_bge_m3_on_l4_and_h10
     assert fig["pairs_per_s"] * ratio < h100["pairs_per_s_per_gpu"] < fig["pairs_per_s"] * ratio**2
     assert l4["pairs_per_s_per_gpu"] == pytest.approx(h200["pairs_per_s_per_gpu"] * 121 / 989)
     assert h100["estimate"] is False and h200["estimate"] is False and l4["estimate"] is True
+    # Every GPU figure shipped was recorded with the old counting until a GPU re-records it.
+    assert all(p["warnings"] for p in (h100, h200, l4))

@@ -8,12 +8,12 @@ from jobs.ranking import Ranker
 
 
 def scored(rows: list[tuple[str, str, float]], **extra: list) -> pa.Table:
-    q, d, s = zip(*rows)
+    q, d, s = zip(*rows, strict=True)
     return pa.table({"query_id": list(q), "doc_id": list(d), "score": pa.array(s, pa.float32()), **extra})
 
 
 def ranks(table: pa.Table) -> list[tuple[str, str, int]]:
-    return list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), table["rank"].to_pylist()))
+    return list(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), table["rank"].to_pylist(), strict=True))
 
 
 def test_rank_one_is_the_highest_score() -> None:

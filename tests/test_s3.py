@@ -51,12 +51,13 @@ def test_input_output_and_model_on_s3_through_ray_job_submit(ray_head: RayHead, 
 
     assert fs.exists("data/out/_SUCCESS")
     out = pads.dataset("data/out", filesystem=arrow_filesystem(fs), format="parquet").to_table()
-    pairs = list(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist()))
+    pairs = list(zip(out["query_id"].to_pylist(), out["doc_id"].to_pylist(), strict=True))
     assert len(pairs) == len(set(pairs)) == 600
     reference = build_reranker({"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32",
                                 "max_length": 128}, torch.device("cpu"))
-    expected = dict(zip(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist()),
-                        reference.score(table["query"].to_pylist(), table["doc"].to_pylist()).values.tolist()))
+    expected = dict(zip(zip(table["query_id"].to_pylist(), table["doc_id"].to_pylist(), strict=True),
+                        reference.score(table["query"].to_pylist(), table["doc"].to_pylist()).values.tolist(),
+                        strict=True))
     assert np.abs(np.array(out["score"].to_pylist()) - np.array([expected[p] for p in pairs])).max() < 1e-5
     # Weights were downloaded once into the node's cache, whatever the number of actors.
     copies = [p for p in (cache / "models").iterdir() if p.is_dir()]

@@ -1,4 +1,6 @@
-"""The truncation policy, with the real MiniLM (BERT WordPiece) tokenizer."""
+"""The truncation policy and the exact composition of pairs from texts tokenized alone, with
+the real MiniLM (BERT WordPiece) and XLM-R (bge-reranker-v2-m3's SentencePiece) tokenizers:
+each text is tokenized once, and its pairs are composed from its ids."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ from reranker_actors.tokenization import TextEncoder
 MAX = 64
 
 
-@pytest.fixture(scope="module")
-def hf(minilm_dir: str):
-    return AutoTokenizer.from_pretrained(minilm_dir)
+@pytest.fixture(scope="module", params=["minilm_dir", "tiny_xlmr_dir"])
+def hf(request: pytest.FixtureRequest):
+    return AutoTokenizer.from_pretrained(request.getfixturevalue(request.param))
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +26,29 @@ def words(n: int, word: str = "turbulence") -> str:
     return " ".join(f"{word}{i % 7}" for i in range(n))
 
 
+def pair_ids(hf, query: str, doc: str, q_len: int, d_len: int) -> list[int]:
+    """The tokenizer's own post-processor joining the first q_len and d_len tokens of each."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    tok.no_truncation()  # (tokenizer.json may carry its own: the encoder ignores it)
+    tok.no_padding()
+    q, d = tok.encode(query, add_special_tokens=False), tok.encode(doc, add_special_tokens=False)
+    q.truncate(q_len)
+    d.truncate(d_len)
+    return tok.post_process(q, d).ids
+
+
 def test_short_pairs_equal_the_tokenizer_pair_encoding(hf, enc: TextEncoder) -> None:
-    queries = ["what is boundary layer flow?", "heat transfer"]
-    docs = ["The boundary layer is thin.", "Experiments on heat transfer in hypersonic flow."]
-    out = enc.encode_pairs(queries, docs)
+    queries = ["what is boundary layer flow?", "heat transfer", "heat transfer", "边界层 传热"]
+    docs = ["The boundary layer is thin.", "Experiments on heat transfer in hypersonic flow.",
+            "The boundary layer is thin.", "湍流边界层的传热实验 in a wind tunnel"]
+    out = enc.encode_pairs(queries, docs)  # (a repeated query and document: tokenized once each)
     ref = hf(queries, docs)
     assert out.ids == ref["input_ids"]
-    assert out.type_ids == ref["token_type_ids"]
-    assert out.cut == [False, False]
+    if "token_type_ids" in ref:
+        assert out.type_ids == ref["token_type_ids"]
+    assert out.cut == [False] * 4
 
 
 def test_long_doc_is_cut_to_fill_max_length_and_the_query_kept(hf, enc: TextEncoder) -> None:
@@ -39,7 +56,8 @@ def test_long_doc_is_cut_to_fill_max_length_and_the_query_kept(hf, enc: TextEnco
     out = enc.encode_pairs([query], [doc])
     ref = hf(query, doc, truncation="only_second", max_length=MAX)
     assert out.ids[0] == ref["input_ids"] and len(out.ids[0]) == MAX
-    assert out.type_ids[0] == ref["token_type_ids"]
+    if "token_type_ids" in ref:
+        assert out.type_ids[0] == ref["token_type_ids"]
     assert out.cut == [True]
 
 
@@ -48,10 +66,17 @@ def test_long_query_is_capped_at_three_quarters_and_the_doc_gets_the_rest(hf, en
     out = enc.encode_pairs([query], [doc])
     ids, types = out.ids[0], out.type_ids[0]
     q_cap = MAX * 3 // 4
-    q_ids = hf(query, add_special_tokens=False)["input_ids"][:q_cap]
-    d_ids = hf(doc, add_special_tokens=False)["input_ids"][: MAX - 3 - q_cap]
-    assert ids == [hf.cls_token_id, *q_ids, hf.sep_token_id, *d_ids, hf.sep_token_id]
-    assert len(ids) == MAX and types.count(0) == q_cap + 2
+    assert ids == pair_ids(hf, query, doc, q_cap, MAX - enc.pair.num_special - q_cap)
+    assert len(ids) == MAX and (types.count(0) == q_cap + 2 or "token_type_ids" not in hf.model_input_names)
+    assert out.cut == [True]
+
+
+def test_a_query_that_fills_the_budget_leaves_the_document_one_token(hf) -> None:
+    specials = TextEncoder(hf, max_length=MAX, query_cap=1).pair.num_special
+    enc = TextEncoder(hf, max_length=MAX, query_cap=MAX - specials - 1)
+    query, doc = words(200, "mach"), "surface heat transfer"
+    out = enc.encode_pairs([query], [doc])
+    assert out.ids[0] == pair_ids(hf, query, doc, MAX - specials - 1, 1) and len(out.ids[0]) == MAX
     assert out.cut == [True]
 
 
