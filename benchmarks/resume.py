@@ -12,7 +12,7 @@ Input: the first `--queries` queries' BM25 top `--top` (48 x 30 = 1,440 pairs), 
 shape of many small files written by many upstream tasks. Model: MiniLM-L6 cross-encoder
 (real all-MiniLM-L6-v2 weights, seeded random head), float32, on a local Ray the job starts
 (2 CPUs, 1 actor, 2 threads). Each run is `python -m jobs.rerank` as a subprocess in its own
-process group; the kill stops that group (the driver and the local Ray it started).
+process group; the kill stops that group and every process of the local Ray it started.
 
 Warm against warm: a short job on one file runs first, so that no measured run pays for a
 cold page cache (imports, model files). Every run starts its own local Ray and loads the
@@ -26,6 +26,7 @@ comparable on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -83,6 +84,21 @@ def start(config: Path, log: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def crash(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process of the local Ray it started, as a crash of its
+    machine would (a worker outside the driver's process group would otherwise finish its
+    batch beside the rerun)."""
+    import psutil
+
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait()
+    psutil.wait_procs(family, timeout=30)
+
+
 def run(config: Path, log: Path) -> float:
     began = time.perf_counter()
     proc = start(config, log)
@@ -129,9 +145,8 @@ def measure(work: Path, inputs: Path, table: pa.Table, model: str, batch_size: i
     time.sleep(at * full_s)
     if proc.poll() is not None:
         raise SystemExit("the run ended before the kill")
-    os.killpg(proc.pid, signal.SIGKILL)
+    crash(proc)
     killed_at = time.time()
-    proc.wait()
     killed_durable = watch.stop()
     # (as of the kill: the actor of a killed driver may still finish its batch and log it)
     left = [(end, pairs) for end, pairs in batches(logs["killed"]) if end <= killed_at]
