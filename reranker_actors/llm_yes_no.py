@@ -108,7 +108,7 @@ class LLMYesNoReranker(HFReranker):
         super().__init__(config, device)
         tokens = [config.positive_token] + ([config.negative_token] if config.negative_token else [])
         keys = ["positive_token", "negative_token"]
-        ids = [_token_id(self.tokenizer, t, k, config.model) for t, k in zip(tokens, keys, strict=True)]
+        ids = [_token_id(self.tokenizer, t, k, config.model) for t, k in zip(tokens, keys[:len(tokens)], strict=True)]
         self.decoder = self.model.get_decoder()
         # The two LM-head rows that matter, as a (hidden, 1 or 2) matrix in float32.
         self.head = self.model.get_output_embeddings().weight[ids].detach().float().T.contiguous()

@@ -38,7 +38,7 @@ def test_units_cover_every_pending_row_once_and_read_back_exactly(tmp_path: Path
     blocks = list(read_units(inputs.fs, inputs.files[0], [(i, u.start, u.stop) for i, u in enumerate(units[:3])],
                              inputs.columns))
     whole = pq.read_table(tmp_path / "a.parquet")
-    for i, (unit, block) in enumerate(zip(units, blocks, strict=True)):  # (unit 1 spans two row groups)
+    for i, (unit, block) in enumerate(zip(units[:3], blocks, strict=True)):  # (unit 1 spans two row groups)
         assert block.select(whole.column_names).equals(whole.slice(unit.start, unit.num_rows))
         assert block["_shard"].to_pylist() == [i] * unit.num_rows
         assert block["_row"].to_pylist() == list(range(unit.start, unit.stop))
