@@ -4,7 +4,7 @@ a crash resume where the crash happened instead of starting over.
 Layout under output.path (hidden from readers: every name starts with `_`):
     _checkpoints/<fingerprint>/parts/<part>.parquet    the scored rows of some row ranges of one input file
     _checkpoints/<fingerprint>/queries/<part>.parquet  their distinct query ids (see queries_disjoint)
-    _checkpoints/<fingerprint>/manifest/<part>.json    written after them: file, ranges, counts, sha256
+    _checkpoints/<fingerprint>/manifest/<part>.json    written after them: file, ranges (encoded), counts, sha256
 fingerprint: a hash of every config value that changes what is scored or how
   (reranker, input mapping and policies); another config never reuses these files.
 shard id (`sid`): a hash of the input file's URL and fsspec `ukey` (size + mtime locally,
@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import json
 import math
 import posixpath
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import fsspec
 import numpy as np
@@ -54,9 +53,9 @@ from jobs.schema import (
     TRUNCATED,
     UNITS,
 )
-from jobs.units import Unit, merge
+from jobs.units import Ranges, Unit, as_ranges, decode_ranges, encode_ranges, merge, runs
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: ranges encoded (jobs.units.encode_ranges)
 CHECKPOINTS = "_checkpoints"
 FLUSH_S = 0.5  # complete rows wait at most this long, plus one write, before theirs starts
 
@@ -76,7 +75,7 @@ class PartEntry:
 
     sid: str  # the input file's shard id
     input: str  # the input file's URL
-    ranges: list[list[int]]  # [start, stop) input row ranges the part holds
+    ranges: str  # the [start, stop) input row ranges the part holds (jobs.units.encode_ranges)
     rows_in: int  # input rows in those ranges (queries, for the nested layout)
     rows: int  # pairs in the part file (valid and skipped)
     skipped: int  # pairs with a skip reason (quarantined)
@@ -86,6 +85,15 @@ class PartEntry:
     file: str  # the part file's name
     cached: int = 0  # pairs whose score came from the score cache (summed over scorers)
     attention: list[str] = field(default_factory=list)  # the attention paths the scorers ran
+    first: int = 0  # the first input row it holds (its order among the file's parts)
+
+    def row_ranges(self) -> Ranges:
+        return decode_ranges(self.ranges)
+
+    def counts(self) -> PartEntry:
+        """This entry less its ranges, which only planning reads (from the manifest): what
+        the driver keeps of every part (the ranges would cost it a few bytes a pair)."""
+        return replace(self, ranges="")
 
 
 @dataclass
@@ -119,15 +127,8 @@ class Checkpoints:
                        if e is not None and e.sid in order]
             intact = list(pool.map(self._intact, entries))
         entries = sorted((e for e, ok in zip(entries, intact, strict=True) if ok),
-                         key=lambda e: (order[e.sid], e.ranges))
-        # (parts of one file may interleave, e.g. [0, 25) + [50, 75) and [25, 50), when units
-        # complete out of order: compare the ranges themselves)
-        ranges = sorted(((order[e.sid], start, stop, e) for e in entries for start, stop in e.ranges),
-                        key=lambda r: r[:3])
-        for (sid_a, _, stop, a), (sid_b, start, _, b) in itertools.pairwise(ranges):
-            if sid_a == sid_b and start < stop:
-                raise RuntimeError(f"checkpoints {a.file} and {b.file} both hold rows of {a.input}; "
-                                   f"remove {self.root} and rerun")
+                         key=lambda e: (order[e.sid], e.first))
+        _refuse_overlaps(entries, self.root)
         return entries
 
     def _entry(self, path: str) -> PartEntry | None:
@@ -140,7 +141,7 @@ class Checkpoints:
         path = self.part_file(entry)
         return self.fs.exists(path) and hashlib.sha256(self.fs.cat_file(path)).hexdigest() == entry.sha256
 
-    def write(self, sid: str, file: InputFile, ranges: list[tuple[int, int]], table: pa.Table) -> PartEntry:
+    def write(self, sid: str, file: InputFile, ranges: Ranges, table: pa.Table) -> PartEntry:
         """Write one part (the rows of `ranges` of `file`), then its manifest entry (the commit point)."""
         truncated = int(pc.sum(table[TRUNCATED]).as_py() or 0)
         dtypes, attention = (sorted({d for v in pc.unique(table[c]).to_pylist() if v for d in v.split(",")})
@@ -155,7 +156,8 @@ class Checkpoints:
         buf = io.BytesIO()
         pq.write_table(table, buf)
         data = buf.getvalue()
-        name = f"{sid}-{ranges[0][0]:012d}"
+        ranges = merge(ranges)
+        name = f"{sid}-{int(ranges[0, 0]):012d}"
         path = self._path("parts", name)
         for kind in ("parts", "queries", "manifest"):
             self.fs.makedirs(posixpath.join(self.root, kind), exist_ok=True)
@@ -165,10 +167,10 @@ class Checkpoints:
         pq.write_table(pa.table({QUERY_ID: pc.unique(table[QUERY_ID])}), queries)
         self.fs.pipe_file(self._path("queries", name), queries.getvalue())
         entry = PartEntry(
-            sid=sid, input=file.url, ranges=[list(r) for r in ranges], rows_in=sum(b - a for a, b in ranges),
+            sid=sid, input=file.url, ranges=encode_ranges(ranges), rows_in=int((ranges[:, 1] - ranges[:, 0]).sum()),
             rows=len(table), skipped=len(table) - table[SKIP_REASON].null_count, truncated=truncated,
             dtypes=dtypes, sha256=hashlib.sha256(data).hexdigest(), file=posixpath.basename(path),
-            cached=cached, attention=attention,
+            cached=cached, attention=attention, first=int(ranges[0, 0]),
         )
         self.fs.pipe_file(self._path("manifest", name, "json"), json.dumps(asdict(entry), indent=1).encode())
         return entry
@@ -184,16 +186,18 @@ class Checkpoints:
 
     def queries_disjoint(self, entries: list[PartEntry]) -> bool:
         """Whether no query has rows in two input files: then each file's parts can be ranked
-        alone, without gathering a query's rows from every file first."""
+        alone, without gathering a query's rows from every file first. (One file's parts at
+        a time: in the run layout every part holds thousands of queries.)"""
         def read(entry: PartEntry) -> pa.Array:
             with self.fs.open(self._path("queries", entry.file.removesuffix(".parquet")), "rb") as f:
                 return pq.read_table(f)[QUERY_ID].combine_chunks()
+        per_file: dict[str, list[PartEntry]] = {}
+        for entry in entries:
+            per_file.setdefault(entry.sid, []).append(entry)
+        distinct = []
         with ThreadPoolExecutor(max_workers=16) as pool:  # (each read is a request on S3)
-            ids = list(pool.map(read, entries))
-        per_file: dict[str, list[pa.Array]] = {}
-        for entry, array in zip(entries, ids, strict=True):
-            per_file.setdefault(entry.sid, []).append(array)
-        distinct = [pc.unique(pa.chunked_array(arrays, pa.string())) for arrays in per_file.values()]
+            for parts in per_file.values():
+                distinct.append(pc.unique(pa.chunked_array(list(pool.map(read, parts)), pa.string())))
         total = sum(len(a) for a in distinct)
         return total == len(pc.unique(pa.chunked_array(distinct, pa.string()))) if total else True
 
@@ -213,16 +217,6 @@ class _Partial:
     pairs: int = 0
     announced: int = 0  # the row's `_units`, once its first pair arrived
     firsts: int = 0  # pairs that carried the count (1 when all is well)
-
-
-def runs(rows: np.ndarray) -> list[tuple[int, int]]:
-    """Distinct row indices as [start, stop) ranges of consecutive rows."""
-    rows = np.unique(rows)
-    if not len(rows):
-        return []
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts, stops = rows[np.r_[0, breaks]], rows[np.r_[breaks - 1, len(rows) - 1]] + 1
-    return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
 class RowAssembler:
@@ -248,7 +242,7 @@ class RowAssembler:
         unit = self.units[index]
         return f"rows {unit.start}-{unit.stop - 1} of {self.files[unit.file].url}"
 
-    def add(self, batch: pa.Table) -> list[tuple[int, list[tuple[int, int]], pa.Table]]:
+    def add(self, batch: pa.Table) -> list[tuple[int, Ranges, pa.Table]]:
         """The input rows that `batch` completed: (file index, row ranges, their pairs) per file."""
         shard = batch[SHARD].to_numpy(zero_copy_only=False)
         gids = self.offsets[self.unit_file[shard]] + batch[ROW].to_numpy(zero_copy_only=False)
@@ -271,7 +265,7 @@ class RowAssembler:
                 complete += self.partial.pop(gid).tables
         return self._by_file(pa.concat_tables(complete))
 
-    def _by_file(self, pairs: pa.Table) -> list[tuple[int, list[tuple[int, int]], pa.Table]]:
+    def _by_file(self, pairs: pa.Table) -> list[tuple[int, Ranges, pa.Table]]:
         """Count complete rows per unit; split them by input file, with their row ranges."""
         if not len(pairs):
             return []
@@ -304,7 +298,7 @@ class PartWriter:
 
     def __init__(self, checkpoints: Checkpoints, files: list[InputFile], sids: list[str]) -> None:
         self.checkpoints, self.files, self.sids = checkpoints, files, sids
-        self.pending: dict[int, list[tuple[list[tuple[int, int]], pa.Table]]] = {}
+        self.pending: dict[int, list[tuple[Ranges, pa.Table]]] = {}
         self.written: list[PartEntry] = []
         self.error: BaseException | None = None
         self.closing = False
@@ -318,7 +312,7 @@ class PartWriter:
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self.close(raise_error=kind is None)
 
-    def add(self, file: int, ranges: list[tuple[int, int]], table: pa.Table) -> None:
+    def add(self, file: int, ranges: Ranges, table: pa.Table) -> None:
         with self.cond:
             if self.error is not None:
                 raise self.error
@@ -352,8 +346,30 @@ class PartWriter:
                     self.error = e
                 return
 
-    def _write(self, batch: dict[int, list[tuple[list[tuple[int, int]], pa.Table]]]) -> None:
+    def _write(self, batch: dict[int, list[tuple[Ranges, pa.Table]]]) -> None:
         for index, done in sorted(batch.items()):
-            ranges = merge([tuple(r) for rs, _ in done for r in rs])
+            ranges = merge(np.concatenate([as_ranges(rs) for rs, _ in done]))
             table = pa.concat_tables([t for _, t in done], promote_options="permissive")
-            self.written.append(self.checkpoints.write(self.sids[index], self.files[index], ranges, table))
+            entry = self.checkpoints.write(self.sids[index], self.files[index], ranges, table)
+            self.written.append(entry.counts())
+
+
+def _refuse_overlaps(entries: list[PartEntry], root: str) -> None:
+    """Parts of one file may interleave (rows 0-24 and 50-74, then 25-49: units complete out
+    of order); two parts holding one row may not."""
+    by_file: dict[str, list[PartEntry]] = {}
+    for entry in entries:
+        by_file.setdefault(entry.sid, []).append(entry)
+    for parts in by_file.values():
+        ranges = [p.row_ranges() for p in parts]
+        r = np.concatenate(ranges)
+        owner = np.repeat(np.arange(len(parts)), [len(x) for x in ranges])
+        order = np.argsort(r[:, 0], kind="stable")
+        r, owner = r[order], owner[order]
+        reach = np.maximum.accumulate(r[:, 1])
+        clash = np.flatnonzero(r[1:, 0] < reach[:-1])
+        if len(clash):
+            i = int(clash[0]) + 1
+            a, b = parts[owner[int(np.argmax(r[:i, 1]))]], parts[owner[i]]
+            raise RuntimeError(f"checkpoints {a.file} and {b.file} both hold rows of {a.input}; "
+                               f"remove {root} and rerun")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -116,11 +117,13 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
     sids = [shard_id(inputs.fs, f) for f in inputs.files]
     earlier = checkpoints.load(sids)
     index = {sid: i for i, sid in enumerate(sids)}
-    done: dict[int, list[tuple[int, int]]] = {}
+    held: dict[int, list[np.ndarray]] = {}
     for entry in earlier:
-        done.setdefault(index[entry.sid], []).extend((a, b) for a, b in entry.ranges)
+        held.setdefault(index[entry.sid], []).append(entry.row_ranges())
+    done = {file: np.concatenate(ranges) for file, ranges in held.items()}
     batch_pairs = min(s.actor.batch_size for s in scorers)
     units = plan_units(inputs.files, done, batch_pairs)
+    earlier, held, done = [e.counts() for e in earlier], {}, {}
     writer = PartWriter(checkpoints, inputs.files, sids)
     window = ActorWindow(time.time())
     # (a dataset keeps the DataContext of its creation)
@@ -149,7 +152,7 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
                 for file, ranges, table in assembler.add(batch):
                     writer.add(file, ranges, table)
             assembler.check_complete()
-    entries = sorted(earlier + writer.written, key=lambda e: (index[e.sid], e.ranges))
+    entries = sorted(earlier + writer.written, key=lambda e: (index[e.sid], e.first))
     scored_now = sum(e.rows - e.skipped - e.cached for e in writer.written)
     return Scored(entries, sum(e.rows for e in earlier), scored_now, round(window.startup_s, 3),
                   round(window.pairs_per_s(scored_now), 2))

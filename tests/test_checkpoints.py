@@ -11,9 +11,9 @@ import fsspec
 import pyarrow as pa
 import pytest
 
-from jobs.checkpoints import Checkpoints, PartWriter, RowAssembler, fingerprint, runs, shard_id
+from jobs.checkpoints import Checkpoints, PartWriter, RowAssembler, fingerprint, shard_id
 from jobs.inputs import InputFile
-from jobs.units import Unit
+from jobs.units import Unit, runs
 
 
 def scored(shard: int, qids: list[str], dids: list[str], units: list[int], rows: list[int] | None = None) -> pa.Table:
@@ -38,7 +38,7 @@ def whole(*rows: int) -> list[Unit]:
 
 
 def handed_out(out: list[tuple[int, list[tuple[int, int]], pa.Table]]) -> list[tuple[int, list, list[str]]]:
-    return [(file, ranges, table["doc_id"].to_pylist()) for file, ranges, table in out]
+    return [(file, [tuple(r) for r in ranges.tolist()], table["doc_id"].to_pylist()) for file, ranges, table in out]
 
 
 def test_a_row_is_handed_out_in_the_block_that_completes_it() -> None:
@@ -60,8 +60,8 @@ def test_rows_of_several_units_and_files_in_one_block_come_out_as_ranges_per_fil
     block = pa.concat_tables([scored(0, ["q"] * 3, ["a", "b", "c"], [1] * 3, rows=[0, 1, 3]),
                               scored(1, ["q"] * 2, ["d", "e"], [1] * 2, rows=[4, 5]),
                               scored(2, ["r"], ["f"], [1], rows=[2])])
-    assert [(f, r) for f, r, _ in asm.add(block)] == [(0, [(0, 2), (3, 6)]), (1, [(2, 3)])]
-    assert runs(pa.array([9, 3, 4, 4, 7]).to_numpy()) == [(3, 5), (7, 8), (9, 10)]
+    assert [(f, r.tolist()) for f, r, _ in asm.add(block)] == [(0, [[0, 2], [3, 6]]), (1, [[2, 3]])]
+    assert runs(pa.array([9, 3, 4, 4, 7]).to_numpy()).tolist() == [[3, 5], [7, 8], [9, 10]]
 
 
 def test_a_row_that_arrives_twice_is_an_error() -> None:
@@ -85,7 +85,7 @@ def test_parts_are_deterministic_and_a_corrupt_one_is_not_trusted(tmp_path: Path
     entry = a.write("s1", files(3)[0], [(0, 3)], table)
     again = Checkpoints(fs, str(tmp_path / "out2"), fingerprint({"model": "m"}))
     assert again.write("s1", files(3)[0], [(0, 3)], table.take([2, 0, 1])).sha256 == entry.sha256  # order-free
-    assert (entry.rows, entry.skipped, entry.dtypes, entry.ranges) == (3, 0, ["float32"], [[0, 3]])
+    assert (entry.rows, entry.skipped, entry.dtypes, entry.row_ranges().tolist()) == (3, 0, ["float32"], [[0, 3]])
     assert a.load(["s1"]) == [entry]
     assert a.load(["another file"]) == []  # (a changed input file has another shard id)
     path = Path(a.part_file(entry))
@@ -132,11 +132,11 @@ def test_the_writer_writes_waiting_rows_within_flush_s_without_waiting_for_more(
         writer.add(1, [(20, 30)], scored(1, ["b"], ["d1"], [1]))  # due 0.2 s after the first: one write
         writer.add(0, [(10, 15), (15, 20)], scored(2, ["c", "e"], ["d1", "d1"], [1, 1]))
         written(3)
-        assert [(e.sid, e.ranges, e.rows) for e in cp.load(["s0", "s1"])] == [
+        assert [(e.sid, e.row_ranges().tolist(), e.rows) for e in cp.load(["s0", "s1"])] == [
             ("s0", [[0, 10]], 1), ("s0", [[10, 20]], 2), ("s1", [[20, 30]], 1)]
         monkeypatch.setattr("jobs.checkpoints.FLUSH_S", 3600.0)
         writer.add(0, [(20, 30)], scored(0, ["d"], ["d1"], [1]))  # not due for an hour: written on leaving
-    assert [e.ranges for e in cp.load(["s0"])] == [[[0, 10]], [[10, 20]], [[20, 30]]]
+    assert [e.row_ranges().tolist() for e in cp.load(["s0"])] == [[[0, 10]], [[10, 20]], [[20, 30]]]
     assert len(writer.written) == 4
 
 
