@@ -1017,23 +1017,36 @@ def tokenize_row(p: Prepared) -> list[tuple[Row, None]]:
                       f"{os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}, {os.cpu_count()} cores"), None)]
 
 
+def baseline_reference(ck: Check, spec: Spec, p: Prepared, kind: str, label: str, k: int,
+                       sweep: list[int]) -> tuple[np.ndarray | None, str]:
+    """The baseline `kind` in float32 on the first `k` pairs: the scores every other row's Δ
+    is taken against, with their name (kept in ck.prepared for the end-to-end rows)."""
+    scores = ck.row(spec, f"{label} fp32 (Δ reference)", lambda: worker_row(
+        ck, "", kind, **p.worker_spec(k, dtype="float32", batch=sweep[0])))
+    name = {"ce": "CrossEncoder fp32", "card": "card fp32"}[kind]
+    ck.prepared[spec.key] = (p, scores, name)
+    return scores, name
+
+
+def sweep_and_ours(ck: Check, spec: Spec, p: Prepared, kind: str, row_label: str, sweep: list[int],
+                   config: dict, ref: tuple[np.ndarray | None, str]) -> None:
+    """The baseline at each batch size of `sweep`, then our scorer with `config`, bare."""
+    for b in sweep:
+        ck.row(spec, f"{row_label} {b}", lambda b=b: worker_row(ck, "", kind, **p.worker_spec(dtype=ck.dtype, batch=b)),
+               *ref)
+    ck.row(spec, "ours bare", lambda: worker_row(ck, "", "ours", **p.worker_spec(dtype=ck.dtype, config=config)), *ref)
+
+
 def check_cross_encoder(ck: Check, spec: Spec, candidates: pa.Table, n: int) -> None:
     p = prepare(ck, spec, candidates, n, on_disk=True)
     if p is None:
         return
     k = min(ck.args.delta_pairs, len(p.queries))
     sweep = batches(ck.args.ce_batches)
-    ref = ck.row(spec, "CrossEncoder.predict fp32 (Δ reference)", lambda: worker_row(
-        ck, "", "ce", **p.worker_spec(k, dtype="float32", batch=sweep[0])))
-    ref_name = "CrossEncoder fp32"
-    ck.prepared[spec.key] = (p, ref, ref_name)
+    ref = baseline_reference(ck, spec, p, "ce", "CrossEncoder.predict", k, sweep)
     ck.row(spec, "tokenize only (encode_pairs)", lambda: tokenize_row(p))
-    for b in sweep:
-        ck.row(spec, f"{CE_ROW} {b}", lambda b=b: worker_row(ck, "", "ce", **p.worker_spec(dtype=ck.dtype, batch=b)),
-               ref, ref_name)
     config = {"backend": "cross_encoder", "model": p.model_dir, "dtype": ck.dtype, "max_length": CE_MAX_LENGTH}
-    ck.row(spec, "ours bare", lambda: worker_row(ck, "", "ours", **p.worker_spec(dtype=ck.dtype, config=config)),
-           ref, ref_name)
+    sweep_and_ours(ck, spec, p, "ce", CE_ROW, sweep, config, ref)
 
 
 def check_qwen3_small(ck: Check, spec: Spec, candidates: pa.Table, n: int) -> None:
@@ -1042,16 +1055,9 @@ def check_qwen3_small(ck: Check, spec: Spec, candidates: pa.Table, n: int) -> No
         return
     k = min(ck.args.delta_pairs_llm, len(p.queries))
     sweep = batches(ck.args.card_batches)
-    ref = ck.row(spec, "card recipe fp32 (Δ reference)", lambda: worker_row(
-        ck, "", "card", **p.worker_spec(k, dtype="float32", batch=sweep[0])))
-    ref_name = "card fp32"
-    ck.prepared[spec.key] = (p, ref, ref_name)
-    for b in sweep:
-        ck.row(spec, f"{CARD_ROW} {b}", lambda b=b: worker_row(
-            ck, "", "card", **p.worker_spec(dtype=ck.dtype, batch=b)), ref, ref_name)
+    ref = baseline_reference(ck, spec, p, "card", "card recipe", k, sweep)
     config = {"backend": "llm_yes_no", "model": p.model_dir, "dtype": ck.dtype}
-    ck.row(spec, "ours bare", lambda: worker_row(ck, "", "ours", **p.worker_spec(dtype=ck.dtype, config=config)),
-           ref, ref_name)
+    sweep_and_ours(ck, spec, p, "card", CARD_ROW, sweep, config, ref)
 
 
 def check_qwen3_8b(ck: Check, spec: Spec, candidates: pa.Table, n: int) -> None:

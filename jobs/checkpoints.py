@@ -348,7 +348,7 @@ class PartWriter:
 
     def _write(self, batch: dict[int, list[tuple[Ranges, pa.Table]]]) -> None:
         for index, done in sorted(batch.items()):
-            ranges = merge(np.concatenate([as_ranges(rs) for rs, _ in done]))
+            ranges = np.concatenate([as_ranges(rs) for rs, _ in done])  # (write merges them)
             table = pa.concat_tables([t for _, t in done], promote_options="permissive")
             entry = self.checkpoints.write(self.sids[index], self.files[index], ranges, table)
             self.written.append(entry.counts())

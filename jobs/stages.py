@@ -117,13 +117,9 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
     sids = [shard_id(inputs.fs, f) for f in inputs.files]
     earlier = checkpoints.load(sids)
     index = {sid: i for i, sid in enumerate(sids)}
-    held: dict[int, list[np.ndarray]] = {}
-    for entry in earlier:
-        held.setdefault(index[entry.sid], []).append(entry.row_ranges())
-    done = {file: np.concatenate(ranges) for file, ranges in held.items()}
     batch_pairs = min(s.actor.batch_size for s in scorers)
-    units = plan_units(inputs.files, done, batch_pairs)
-    earlier, held, done = [e.counts() for e in earlier], {}, {}
+    units = plan_units(inputs.files, done_ranges(earlier, index), batch_pairs)
+    earlier = [e.counts() for e in earlier]  # (planned: their ranges are not needed again)
     writer = PartWriter(checkpoints, inputs.files, sids)
     window = ActorWindow(time.time())
     # (a dataset keeps the DataContext of its creation)
@@ -156,6 +152,14 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
     scored_now = sum(e.rows - e.skipped - e.cached for e in writer.written)
     return Scored(entries, sum(e.rows for e in earlier), scored_now, round(window.startup_s, 3),
                   round(window.pairs_per_s(scored_now), 2))
+
+
+def done_ranges(entries: list[PartEntry], index: dict[str, int]) -> dict[int, np.ndarray]:
+    """The input rows `entries` hold, per input file index."""
+    held: dict[int, list[np.ndarray]] = {}
+    for entry in entries:
+        held.setdefault(index[entry.sid], []).append(entry.row_ranges())
+    return {file: np.concatenate(ranges) for file, ranges in held.items()}
 
 
 def normalized_schema(inputs: Inputs, cfg: InputConfig) -> pa.Schema:
