@@ -43,6 +43,10 @@ get_state_from_address(gcs)).store_stats.object_store_bytes_used`, summed over n
 bytes it spilled to disk. A second table places those peaks in time (the same thread samples
 the driver's RSS): in the score stage's start-up, its steady state, or after it.
 The fit: b of time = a * pairs^b, least squares on log-log over the by-file runs.
+With --spread, each spread run gates against the by-file run of its size (gates.baseline: the
+same scores, so every gate passes), and a table shows the gates stage (score health; drift
+against the baseline on the spread runs) against the rank stage: the target is at most 10%
+at 10^6.
 Targets: at 10^7 pairs >= 20,000 pairs/s end to end; driver peak RSS at 10^7 within 1.5x of
 10^6; wall time at 10^7 within 12x of 10^6 (without both sizes, the two largest by-file
 sizes run are compared instead, and labelled so).
@@ -91,6 +95,7 @@ RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"
 DATA_VERSION = 1  # bump when the generator changes: cached inputs of another version are made again
 TEXTS = 1024  # distinct query sentences and document sentences
 TARGET_PAIRS_PER_S = 20_000
+TARGET_GATES_SHARE = 0.10  # the gates stage (one read of the output) against the rank stage, at 10^6
 TARGET_RSS_RATIO = 1.5
 TARGET_TIME_RATIO = 12.0
 TARGET_CACHE_RSS_RATIO = 1.1
@@ -355,6 +360,10 @@ def run_size(work: Path, inputs: Path, pairs: int, spread: bool, args: argparse.
            "reranker": {"backend": "cross_encoder", "model": MODEL, "dtype": "float32"},
            "actor": {"pool_size": 1, "num_cpus": 1, "threads": 1, "batch_size": args.batch_size},
            "output": {"path": str(run_dir / "out")}, "ray": {"num_cpus": 2}}
+    baseline = work / "runs" / f"by-file-{pairs}" / "out"
+    if spread and (baseline / "_SUCCESS").exists():  # (the same scores: every gate passes, drift included)
+        cfg["gates"] = {"baseline": str(baseline), "min_topk_overlap": 0.99, "max_top1_changed_share": 0.0,
+                        "max_score_shift": 0.01, "min_score_spread": 0.1, "max_tied_share": 0.01}
     if night:
         cache = work / "runs" / f"cache-{pairs}"
         if night == 1:
@@ -424,6 +433,7 @@ def print_tables(results: list[dict], args: argparse.Namespace) -> None:
             parts.append(f"{name} {a:.3g} * pairs^{b:.3f}")
         print(f"\nFit over the by-file runs ({', '.join(f'{n:,}' for n in sizes)} pairs): " + "; ".join(parts))
     print_targets(by_file)
+    print_gate_cost(results)
     print_cache_nights(results, by_file)
     pairs_both = sorted({r["pairs"] for r in results if r["spread"]} & {r["pairs"] for r in by_file})
     if pairs_both:
@@ -506,6 +516,23 @@ def print_targets(by_file: list[dict]) -> None:
     print("|---|---|---|")
     for target, measured, ok in rows:
         print(f"| {target} | {measured} | {'met' if ok else 'MISSED'} |")
+
+
+def print_gate_cost(results: list[dict]) -> None:
+    """The gates stage against the rank stage: score health on every run; with --spread, also
+    drift against the by-file run of the same size (its baseline: a second output read)."""
+    rows = [r for r in results if not r["night"] and "gates" in r["seconds"]]
+    if not rows:
+        return
+    print(f"\n| pairs | layout | gates read | gates s | rank s | gates / rank | target at 10^6 <= "
+          f"{TARGET_GATES_SHARE:.0%} |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        share = r["seconds"]["gates"] / r["seconds"]["rank"]
+        verdict = ("met" if share <= TARGET_GATES_SHARE else "MISSED") if r["pairs"] == 10**6 else ""
+        read = "output + baseline (drift)" if r["spread"] else "output (health)"
+        print(f"| {r['pairs']:,} | {layout(r)} | {read} | {r['seconds']['gates']:.2f} | {r['seconds']['rank']:.2f} | "
+              f"{share:.1%} | {verdict} |")
 
 
 def cpu() -> str:

@@ -103,13 +103,15 @@ def rank_stage_one(table: pa.Table, ranker: StageRanker) -> pa.Table:
 
 def rank_cascade(cfg: JobConfig, scored: list[FileParts], staging: str, dest: str, fs: fsspec.AbstractFileSystem,
                  num_pairs: int, by_file: bool, checkpoints: StageCheckpoints,
-                 caches: Sequence[Any] | None = None) -> tuple[list[str], list[int]]:
+                 caches: Sequence[Any] | None = None,
+                 canaries: Sequence[dict[str, Any] | None] = ()) -> tuple[list[str], list[int]]:
     """Run stages 2.. over the stage-1 checkpoints and write the final ranking to `dest`.
     `scored`: the stage-1 checkpoint files, per input file. by_file: no query spans
     two input files, so stage 1 is ranked file by file.
 
     `caches`: per stage 2.., the jobs.cache_shards.ShardedIndex its actors
-    look pairs up in, or None. Returns, per stage 2.., the directory of the pairs this
+    look pairs up in, or None; `canaries`: per stage 2.., the canaries its actors check.
+    Returns, per stage 2.., the directory of the pairs this
     attempt scored (with their keys, and hits from earlier attempts or the cache), and how
     many pairs it took from earlier attempts.
     """
@@ -142,7 +144,8 @@ def rank_cascade(cfg: JobConfig, scored: list[FileParts], staging: str, dest: st
             earlier = ShardedIndex.serve(fs, files, rows, checkpoints.shard_pairs,
                                          (cache_key_column(stage_score(i + 1)), stage_score(i + 1)))
             lookup = Chained([earlier, *([caches[i - 1]] if caches and caches[i - 1] else [])])
-            scorer = Scorer(stage_score(i + 1), stage.reranker, stage.actor, lookup)
+            scorer = Scorer(stage_score(i + 1), stage.reranker, stage.actor, lookup,
+                            canaries[i - 1] if len(canaries) >= i else None)
             # (blocks of one batch: each is written, so durable, as the pool returns it)
             advancing = advancing.repartition(target_num_rows_per_block=stage.actor.batch_size)
             advancing = advancing.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(

@@ -1,5 +1,6 @@
 """The command line both jobs share: `--config <yaml> [key.sub=value ...]`, a summary on
-success, `batch-rerank: error: ...` and exit status 2 for anything the user can fix."""
+success, `batch-rerank: error: ...` and exit status 2 for anything the user can fix, 3 for a
+run the quality gates refused (after its summary)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jobs.console import known_lines_dropped
 from jobs.errors import find_user_error
 
 
@@ -20,12 +22,15 @@ def run_cli(prog: str, description: str, example: str, load_config: Callable[[st
                         help="override config keys, e.g. output.path=/tmp/out reranker.dtype=float32")
     args = parser.parse_args(argv)
     try:
-        summary = run(load_config(args.config, args.overrides))
+        with known_lines_dropped():
+            summary = run(load_config(args.config, args.overrides))
     except Exception as e:
         user_error = find_user_error(e)
         if user_error is None:
             raise
+        if summary_text := getattr(user_error, "summary", None):
+            print(summary_text)  # (a run the quality gates refused: what they measured)
         print(f"batch-rerank: error: {user_error}", file=sys.stderr)
-        return 2
+        return user_error.exit_status
     print(summary.render())
     return 0

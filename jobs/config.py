@@ -129,6 +129,43 @@ class CacheConfig(Section):
     )
 
 
+class HealthGates(Section):
+    """Gates every entrypoint has: score health and canaries (jobs.gates)."""
+
+    mode: Literal["enforce", "warn"] = Field(
+        "enforce", description="enforce: a failed gate refuses the run (exit 3, nothing published); "
+        "warn: report it and publish anyway.")
+    max_nan_share: float = Field(0, ge=0, le=1, description="Share of NaN or infinite scores allowed "
+                                 "(quarantined); 0: the first one stops the run.")
+    min_score_spread: float | None = Field(None, ge=0, description="Least standard deviation of the scores.")
+    max_tied_share: float | None = Field(None, ge=0, le=1, description=(
+        "Most pairs whose score equals another candidate's of the same query."))
+    max_truncated_share: float | None = Field(None, ge=0, le=1,
+                                              description="Most pairs the model saw cut to max_length.")
+    canaries: str | None = Field(None, description="Parquet of query, doc, score (and instruction) pairs, "
+                                 "scored by every actor before its first batch (python -m jobs.canaries).")
+    canary_tolerance: float = Field(1e-3, gt=0, description="Largest |score - recorded score| of a canary.")
+
+
+class GatesConfig(HealthGates):
+    """jobs.rerank's gates: health, canaries, the ranking against qrels, drift from a baseline."""
+
+    min_ratio_to_first_stage: float | None = Field(None, gt=0, description=(
+        "Least reranked nDCG@eval.k over the first stage's (needs eval.qrels and a first-stage column)."))
+    min_ndcg: float | None = Field(None, ge=0, le=1, description="Least reranked nDCG@eval.k.")
+    baseline: str | None = Field(None, description="A published output directory (local or s3://) to "
+                                 "compare with, over the queries both have; drift is reported when set.")
+    min_topk_overlap: float | None = Field(None, ge=0, le=1, description=(
+        "Least mean over queries of |top-k ∩ baseline top-k| / min(k, list lengths), k = eval.k."))
+    max_top1_changed_share: float | None = Field(None, ge=0, le=1,
+                                                 description="Most queries whose rank-1 document changed.")
+    max_score_shift: float | None = Field(None, ge=0, description=(
+        "Largest population stability index of the scores against the baseline's (over its deciles)."))
+
+
+DRIFT_GATES = ("min_topk_overlap", "max_top1_changed_share", "max_score_shift")
+
+
 class JobConfig(Section):
     input: InputConfig
     reranker: AnyRerankerConfig
@@ -138,6 +175,7 @@ class JobConfig(Section):
     output: OutputConfig
     eval: EvalConfig = EvalConfig()
     cache: CacheConfig = CacheConfig()
+    gates: GatesConfig = GatesConfig()
     ray: RayConfig = RayConfig()
 
     def stages(self) -> list[tuple[str, StageConfig]]:
@@ -174,7 +212,7 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
             errors.append(f"cascade.{i}.top_n ({stage.top_n}) must not exceed cascade.{i - 1}.top_n ({before}): "
                           "a stage only sees what the previous stage passed on")
     errors += instruction_checks(cfg.input, [stage.reranker for _, stage in cfg.stages()])
-    errors += layout_checks(cfg.input)
+    errors += layout_checks(cfg.input) + gate_checks(cfg)
     for name in cfg.input.extra_columns:
         if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith(("_", "stage")):
             errors.append(
@@ -182,6 +220,21 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
                 f"({', '.join(OUTPUT_COLUMNS)}, query, doc, path, stage<N>_*, or a name starting with _); "
                 "rename it in the input"
             )
+    return errors
+
+
+def gate_checks(cfg: JobConfig) -> list[str]:
+    """The eval gates need qrels (the ratio also a first-stage column); drift gates a baseline."""
+    g, errors = cfg.gates, []
+    for key in ("min_ratio_to_first_stage", "min_ndcg"):
+        if getattr(g, key) is not None and not cfg.eval.qrels:
+            errors.append(f"gates.{key}: needs eval.qrels (relevance judgments to compute nDCG@{cfg.eval.k})")
+    has_first = cfg.input.columns.score or cfg.input.columns.rank or cfg.input.layout == "run"
+    if g.min_ratio_to_first_stage is not None and not has_first:
+        errors.append("gates.min_ratio_to_first_stage: needs the first stage's ranking: set input.columns.score "
+                      "or input.columns.rank")
+    errors += [f"gates.{key}: needs gates.baseline (a published output directory to compare with)"
+               for key in DRIFT_GATES if getattr(g, key) is not None and not g.baseline]
     return errors
 
 

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from jobs.config import (
     ActorConfig,
     CacheConfig,
+    HealthGates,
     InputConfig,
     OutputConfig,
     RayConfig,
@@ -51,6 +52,13 @@ class FormatsConfig(Section):
         "soft labels for every candidate, or none.")
 
 
+class DistillGates(HealthGates):
+    """jobs.distill_labels' gates: each teacher's score health, canaries, and how well teachers agree."""
+
+    min_teacher_agreement: float | None = Field(None, ge=-1, le=1, description=(
+        "Least mean over queries of Spearman's rho between two teachers' scores, for every pair of teachers."))
+
+
 class DistillConfig(Section):
     input: InputConfig
     teachers: list[TeacherConfig] = Field(min_length=1, description="Each its own model and actor pool.")
@@ -60,6 +68,7 @@ class DistillConfig(Section):
     formats: FormatsConfig = FormatsConfig()
     output: OutputConfig
     cache: CacheConfig = CacheConfig()
+    gates: DistillGates = DistillGates()
     ray: RayConfig = RayConfig()
 
     def teacher_specs(self) -> list[Teacher]:
@@ -73,6 +82,8 @@ def _cross_checks(cfg: DistillConfig) -> list[str]:
         check_teachers(cfg.teacher_specs())
     except ConfigError as e:
         errors.append(str(e))
+    if cfg.gates.min_teacher_agreement is not None and len(cfg.teachers) < 2:
+        errors.append("gates.min_teacher_agreement: needs at least two teachers")
     return errors + instruction_checks(cfg.input, [t.reranker for t in cfg.teachers]) + layout_checks(cfg.input)
 
 

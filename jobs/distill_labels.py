@@ -33,12 +33,14 @@ from jobs.distill_config import DistillConfig, load_config
 from jobs.evaluate import Qrels, evaluate, read_run
 from jobs.evaluate import Run as Ranking
 from jobs.fs import arrow_filesystem
+from jobs.gates import GateResults, health_gates, nan_and_truncation, read_stats
 from jobs.label_formats import cross_encoder_table, flag_embedding_records
 from jobs.labels import CANDIDATES, TEACHER_RANK, LabelsConfig, Teacher, label_queries, output_schema
 from jobs.lifecycle import Job, Produced, Run, run_job
 from jobs.output import CROSS_ENCODER, FLAG_EMBEDDING, OutputDir
 from jobs.ranking import dedupe
 from jobs.ray_runtime import ray_filesystem
+from jobs.report_gates import gates_figure
 from jobs.report_html import ScoreSeries, render_report
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, SKIP_REASON
 from jobs.stages import Scored, Scorer, map_queries, parquet_files
@@ -100,6 +102,7 @@ class DistillJob(Job[Labelled]):
         self.input, self.output_path, self.cache = cfg.input, cfg.output.path, cfg.cache
         self.ray, self.qrels_path = cfg.ray, cfg.qrels
         self.keep_texts = True  # (the labels carry them)
+        self.gates = cfg.gates
 
     def rerankers(self) -> list[RerankerConfig]:
         return [t.reranker for t in self.cfg.teachers]
@@ -108,8 +111,25 @@ class DistillJob(Job[Labelled]):
         return [[t.actor for t in self.cfg.teachers]]  # (the teachers' pools run together)
 
     def scorers(self, run: Run) -> list[Scorer]:
-        return [Scorer(t.column, t.reranker, t.actor, ref)
+        return [Scorer(t.column, t.reranker, t.actor, ref, self.canary(run, t.column), self.gates.max_nan_share)
                 for t, ref in zip(self.cfg.teachers, run.lookups, strict=True)]
+
+    def score_columns(self) -> list[str]:
+        return [t.column for t in self.cfg.teachers]
+
+    def check_gates(self, run: Run, scored: Scored, produced: Labelled,
+                    per_query: dict[str, dict[str, dict[str, float]]], non_finite: int) -> GateResults:
+        """Each teacher's health (gated alike) and every pair of teachers' agreement."""
+        gates, names = self.gates, [t.name for t in self.cfg.teachers]
+        stats, _ = read_stats(run.out.fs, produced.records, names, None, 0, 0, nested=names, agree=len(names) > 1)
+        results = GateResults(gates.mode)
+        nan_and_truncation(results, gates, non_finite, scored.scored, scored.truncated)
+        for name in names:
+            health_gates(results, stats, name, gates, f"teacher {name}")
+        for (a, b), (total, queries) in stats.agreement.items():
+            results.add(f"teacher_agreement ({a}, {b})", total / queries if queries else None, gates,
+                        "min_teacher_agreement", at_least=True)
+        return results
 
     def checkpoint_settings(self) -> dict[str, Any]:
         return {"teachers": [{"name": t.name, "reranker": score_settings(t.reranker)} for t in self.cfg.teachers],
@@ -157,7 +177,8 @@ class DistillJob(Job[Labelled]):
             [ScoreSeries(f"teacher {t.name}: {t.reranker.model}", t.column, None) for t in cfg.teachers],
             title=f"batch-rerank distillation labels {run.out.run_id}", counts=summary.counts(),
             first_stage_rank=FIRST_STAGE_RANK if run.input.columns.rank else None, final_rank=TEACHER_RANK,
-            ndcg={stage: {q: m["ndcg@10"] for q, m in pq.items()} for stage, pq in per_query.items()})
+            ndcg={stage: {q: m["ndcg@10"] for q, m in pq.items()} for stage, pq in per_query.items()},
+            extra=[gates_figure(summary.gates, 10)])
 
 
 def _combined_run(fs: fsspec.AbstractFileSystem, records: list[str], qrels: Qrels) -> Ranking:

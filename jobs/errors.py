@@ -3,9 +3,9 @@ are), and how to find them inside Ray's exception wrappers."""
 
 from __future__ import annotations
 
-from reranker_actors.errors import ConfigError, InputError, ModelError, UserError
+from reranker_actors.errors import ConfigError, GateFailure, InputError, ModelError, UserError
 
-__all__ = ["ConfigError", "InputError", "ModelError", "UserError", "find_user_error"]
+__all__ = ["ConfigError", "GateFailure", "InputError", "ModelError", "UserError", "find_user_error"]
 
 
 def find_user_error(exc: BaseException) -> UserError | None:

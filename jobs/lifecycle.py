@@ -3,10 +3,12 @@
     validate (inputs' footers, qrels, output dir, checkpoints, caches)
       -> Ray session -> score (checkpointed every few seconds; cached pairs skip the model)
       -> the job's own stages (rank, cascade, labels, formats)
-      -> quarantine -> evaluation -> cache rows -> report -> commit (_SUCCESS last)
+      -> quarantine -> evaluation -> quality gates -> cache rows -> report -> commit (_SUCCESS last)
       -> publish the caches, remove the checkpoints
 A failure anywhere removes what the run staged and leaves the previous output and
-caches as they were; the checkpoints stay, so a rerun of the same command resumes.
+caches as they were; the checkpoints stay, so a rerun of the same command resumes. A run
+the quality gates refuse (jobs.gates) keeps its staged output and reports too, for the
+operator, and exits with status 3.
 
 An entrypoint supplies only what differs, as a `Job`: its scorers, its stages after
 scoring, its summary fields and its HTML report.
@@ -23,12 +25,14 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from jobs.canaries import CanaryFile, load_canaries
 from jobs.checkpoints import Checkpoints, FileParts, fingerprint
-from jobs.config import ActorConfig, CacheConfig, InputConfig, RayConfig
-from jobs.errors import InputError
+from jobs.config import ActorConfig, CacheConfig, HealthGates, InputConfig, RayConfig
+from jobs.errors import GateFailure, InputError
 from jobs.evaluate import Qrels, load_qrels, mean
+from jobs.gates import REFUSED, GateResults, refusal, refused_marker
 from jobs.inputs import Inputs, discover
-from jobs.output import QUARANTINE, OutputDir, commit_run
+from jobs.output import QUARANTINE, OutputDir, commit_run, stage_reports
 from jobs.quarantine import write_quarantine
 from jobs.ray_runtime import check_pool_fits, ray_session
 from jobs.run_inputs import convert_runs, converted_dir
@@ -66,6 +70,7 @@ class Run:
     lookups: list[Any] = field(default_factory=list)  # per scorer: the ShardedIndex of its cache, or None
     groups: list[FileParts] = field(default_factory=list)  # the checkpoint files, per input file
     by_file: bool = False  # no query has rows in two input files: whole queries go file by file
+    canaries: CanaryFile | None = None  # gates.canaries, read and checked
 
     @property
     def input(self) -> InputConfig:
@@ -98,6 +103,25 @@ class Job(ABC, Generic[P]):
     ray: RayConfig
     qrels_path: str | None
     keep_texts: bool  # the checkpoints keep the texts: a later stage scores them again
+    gates: HealthGates
+
+    def canary(self, run: Run, column: str) -> dict[str, Any] | None:
+        """What the actors scoring `column` check at start (gates.canaries), or None."""
+        return run.canaries.for_column(column) if run.canaries else None
+
+    def open_gates(self, run: Run) -> None:
+        """Check, before any work, what the gates read besides the output (canaries, a baseline)."""
+        if self.gates.canaries:
+            run.canaries = load_canaries(self.gates.canaries, self.score_columns(), self.gates.canary_tolerance)
+
+    @abstractmethod
+    def score_columns(self) -> list[str]:
+        """Each model's score column as the output (and a canary file) names it."""
+
+    @abstractmethod
+    def check_gates(self, run: Run, scored: Scored, produced: P, per_query: dict[str, dict[str, dict[str, float]]],
+                    non_finite: int) -> GateResults:
+        """Measure the run's health (and the job's own figures) and check them against its gates."""
 
     @abstractmethod
     def rerankers(self) -> list[RerankerConfig]:
@@ -142,7 +166,9 @@ def _open(job: Job, clock: Stopwatch) -> Run:
         out.prepare(inputs.paths, inputs.dirs)
         texts = {"texts": inputs.version} if inputs.version else {}  # (the run layout's corpus and queries)
         checkpoints = Checkpoints(out.fs, out.root, fingerprint(job.checkpoint_settings() | texts))
-        return Run(inputs, qrels, out, checkpoints, RunCaches(job.cache, job.rerankers()), clock)
+        run = Run(inputs, qrels, out, checkpoints, RunCaches(job.cache, job.rerankers()), clock)
+        job.open_gates(run)
+        return run
 
 
 def _score(job: Job, run: Run) -> Scored:
@@ -157,7 +183,7 @@ def _score(job: Job, run: Run) -> Scored:
 
 
 def _summary(job: Job, run: Run, where: str, scored: Scored, quarantined: int, fields: dict[str, Any],
-             per_query: dict[str, dict[str, dict[str, float]]]) -> RunSummary:
+             per_query: dict[str, dict[str, dict[str, float]]], gates: GateResults) -> RunSummary:
     return RunSummary(
         ray=where, input=str(job.input.path),
         input_files=[{"url": f.url, "size": f.size, "rows": f.num_rows} for f in run.inputs.files],
@@ -168,7 +194,8 @@ def _summary(job: Job, run: Run, where: str, scored: Scored, quarantined: int, f
         score_startup_s=scored.startup_s, score_steady_pairs_per_s=scored.steady_pairs_per_s,
         cached=scored.cached, by_file=run.by_file, seconds=run.clock.seconds,
         metrics={stage: mean(pq) for stage, pq in per_query.items()},
-        eval_queries=len(list(per_query.values())[-1]) if per_query else 0, **fields,
+        eval_queries=len(list(per_query.values())[-1]) if per_query else 0, gates=gates.as_dict(),
+        gate_lines=gates.lines(), **fields,
     )
 
 
@@ -187,22 +214,46 @@ def run_job(job: Job) -> RunSummary:
                 produced = job.produce(run, scored, shards)
             finally:
                 run.caches.close()  # (the cache's shard actors: lookups are over)
-            quarantined = write_quarantine(run.out.fs, run.checkpoints, scored, run.out.staging(QUARANTINE))
+            quarantined, non_finite = write_quarantine(run.out.fs, run.checkpoints, scored,
+                                                       run.out.staging(QUARANTINE))
             per_query = job.evaluate(run, shards, produced) if run.qrels else {}
-            if run.caches:
+            with run.clock.stage("gates"):
+                gates = job.check_gates(run, scored, produced, per_query, non_finite)
+            if run.caches and not gates.refused:
                 with run.clock.stage("cache"):
                     for scorer, files, column in produced.cache_rows:
                         run.caches.write(scorer, files, run.out.fs, run.out.run_id, column)
             fields = job.summary_fields(run, scored, produced)
-        summary = _summary(job, run, where, scored, quarantined, fields, per_query)
+        summary = _summary(job, run, where, scored, quarantined, fields, per_query, gates)
         html = job.report(run, produced, summary, per_query)
+        if gates.refused:
+            raise _refuse(run, gates, summary, html)
         side = produced.side | ({QUARANTINE: run.out.staging(QUARANTINE)} if quarantined else {})
         with run.clock.stage("commit"):
             commit_run(run.out, produced.staged, summary.to_dict(), summary.render(), html, side)
         run.caches.publish(run.out.run_id)
         run.checkpoints.remove_all()
+    except Refused:
+        run.caches.discard(run.out.run_id)  # (the staged output and the checkpoints stay)
+        raise
     except BaseException:
         run.out.abort()  # (checkpoints stay: a rerun resumes from them)
         run.caches.discard(run.out.run_id)
         raise
     return summary
+
+
+class Refused(GateFailure):
+    """The gates refused a finished run; its summary is printed before the message."""
+
+    def __init__(self, message: str, summary: str) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def _refuse(run: Run, gates: GateResults, summary: RunSummary, html: str) -> Refused:
+    """Keep the refused run's staging (ranked output, quarantine, reports, a _REFUSED marker)."""
+    stage_reports(run.out, summary.to_dict(), summary.render(), html)
+    run.out.fs.pipe_file(run.out.staging(REFUSED), refused_marker(gates))
+    failure = refusal(gates, run.out.url, run.out.path("_staging", run.out.run_id), run.checkpoints.root)
+    return Refused(str(failure), summary.render())

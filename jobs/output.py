@@ -7,6 +7,8 @@ Layout of output.path after a successful run:
     _report.html             the same, with figures, readable offline
     _run.trec                the ranking as a TREC run file (output.trec)
     _SUCCESS                 JSON: run id, row count, files; written last
+    _staging/<run id>/       a run in progress, or one the quality gates refused (with _REFUSED):
+                             its ranked output and reports, until a later run publishes
     _checkpoints/            per-input-file scores of an unfinished run (jobs.checkpoints)
 Everything the job writes besides the ranked rows starts with `_`, so readers that
 follow the Spark/pyarrow convention see exactly the ranked rows. A rerun replaces the
@@ -37,6 +39,7 @@ REPORT_HTML = "_report.html"
 FLAG_EMBEDDING = "_flag_embedding"  # distillation: FlagEmbedding reranker JSONL
 CROSS_ENCODER = "_cross_encoder"  # distillation: (query, doc, label) Parquet
 TREC_RUN = "_run.trec"  # output.trec: the ranking as a TREC run file
+REFUSED = "_REFUSED"  # in _staging/<run id>/ of a run the quality gates refused (jobs.gates)
 # Replaced together with the part files:
 SIDE_OUTPUTS = (QUARANTINE, REPORT_JSON, REPORT_TEXT, REPORT_HTML, FLAG_EMBEDDING, CROSS_ENCODER, TREC_RUN)
 
@@ -141,8 +144,16 @@ class OutputDir:
         except BaseException:
             self._restore(placed, moved_aside, old_marker)
             raise
+        self._remove_refused()
         self._remove_staging()
         return placed
+
+    def _remove_refused(self) -> None:
+        """Refused runs' staging (kept for the operator) is superseded once a run publishes."""
+        parent = self.path(STAGING)
+        for run_dir in self.fs.ls(parent, detail=False) if self.fs.isdir(parent) else []:
+            if self.fs.exists(posixpath.join(run_dir, REFUSED)):
+                self.fs.rm(run_dir, recursive=True)
 
     def _restore(self, placed: list[str], moved_aside: list[tuple[str, str]], old_marker: bytes | None) -> None:
         for path in placed:
@@ -168,10 +179,15 @@ class OutputDir:
             self.fs.rm(self.root, recursive=True)
 
 
-def commit_run(out: OutputDir, staged: str, report: dict[str, Any], text: str, html: str,
-               side: dict[str, str]) -> None:
-    """Stage the run reports next to `side`, then commit them with the part files in `staged`."""
+def stage_reports(out: OutputDir, report: dict[str, Any], text: str, html: str) -> dict[str, str]:
+    """Write the run reports into this run's staging; their staged paths by name."""
     reports = {REPORT_JSON: json.dumps(report, indent=2), REPORT_TEXT: text + "\n", REPORT_HTML: html}
     for name, content in reports.items():
         out.fs.pipe_file(out.staging(name), content.encode())
-    out.commit(staged, report, side | {name: out.staging(name) for name in reports})
+    return {name: out.staging(name) for name in reports}
+
+
+def commit_run(out: OutputDir, staged: str, report: dict[str, Any], text: str, html: str,
+               side: dict[str, str]) -> None:
+    """Stage the run reports next to `side`, then commit them with the part files in `staged`."""
+    out.commit(staged, report, side | stage_reports(out, report, text, html))

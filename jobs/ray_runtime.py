@@ -15,6 +15,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from jobs.config import ActorConfig, RayConfig
+from jobs.console import quiet_ray_data_console
 from jobs.errors import ConfigError
 from reranker_actors.faults import ENV as FAULTS_ENV
 
@@ -59,6 +60,7 @@ def configure_data_context() -> None:
     # Re-raise a UDF's own exception (e.g. InputError naming the bad rows), not a
     # generic UserCodeException around it.
     ctx.raise_original_map_exception = True
+    quiet_ray_data_console()  # (so an error the user caused is its one line on the console)
 
 
 def check_pool_fits(actors: list[ActorConfig]) -> None:

@@ -234,10 +234,11 @@ def ndcg_figure(ndcg: dict[str, dict[str, float]], k: int) -> str:
 def render_report(table: pa.Table, series: list[ScoreSeries], *, title: str,
                   counts: dict[str, object], first_stage_rank: str | None = None,
                   final_rank: str | None = "rank",
-                  ndcg: dict[str, dict[str, float]] | None = None, k: int = 10) -> str:
+                  ndcg: dict[str, dict[str, float]] | None = None, k: int = 10, extra: list[str] | None = None) -> str:
     """Return one HTML document. `table` has one row per (query_id, doc_id) pair with the named columns.
-    `ndcg` maps a stage label (e.g. "first stage", "stage 1", "reranked") to {query_id: nDCG@k}."""
-    body = [counts_figure(counts, table), '<div class="grid">']
+    `ndcg` maps a stage label (e.g. "first stage", "stage 1", "reranked") to {query_id: nDCG@k}.
+    `extra`: figures shown after the counts (the quality gates)."""
+    body = [counts_figure(counts, table), *(extra or []), '<div class="grid">']
     body += [histogram_figure(table, s) for s in series] + ["</div>"]
     have = set(table.column_names)
     if first_stage_rank in have and final_rank in have:

@@ -25,11 +25,23 @@ import ray
 from jobs.cascade import StageCheckpoints, rank_cascade
 from jobs.cli import run_cli
 from jobs.config import ActorConfig, JobConfig, load_config
+from jobs.errors import ConfigError
 from jobs.evaluate import Run as Ranking
-from jobs.evaluate import evaluate, read_run
+from jobs.evaluate import evaluate, mean, read_run
 from jobs.fs import arrow_filesystem
+from jobs.gates import (
+    GateResults,
+    buckets_for,
+    check_drift_config,
+    drift_gates,
+    eval_gates,
+    health_gates,
+    nan_and_truncation,
+    read_stats,
+)
 from jobs.lifecycle import Job, Produced, Run, run_job
 from jobs.output import TREC_RUN, OutputError
+from jobs.report_gates import gates_figure
 from jobs.report_html import ScoreSeries, render_report, sample_rows
 from jobs.schema import DOC_ID, FIRST_STAGE_RANK, FIRST_STAGE_SCORE, QUERY_ID, RANK, SCORE, stage_rank, stage_score
 from jobs.score_cache import cache_hits
@@ -56,6 +68,7 @@ class RerankJob(Job[Ranked]):
         self.input, self.output_path, self.cache = cfg.input, cfg.output.path, cfg.cache
         self.ray, self.qrels_path = cfg.ray, cfg.eval.qrels
         self.keep_texts = bool(cfg.cascade)
+        self.gates = cfg.gates
 
     def rerankers(self) -> list[RerankerConfig]:
         return [stage.reranker for _, stage in self.cfg.stages()]
@@ -64,7 +77,36 @@ class RerankJob(Job[Ranked]):
         return [[self.cfg.actor], [stage.actor for stage in self.cfg.cascade]]  # (stages 2.. run together)
 
     def scorers(self, run: Run) -> list[Scorer]:
-        return [Scorer(SCORE, self.cfg.reranker, self.cfg.actor, run.lookups[0])]
+        canaries = self.canary(run, self.score_columns()[0])
+        return [Scorer(SCORE, self.cfg.reranker, self.cfg.actor, run.lookups[0], canaries, self.gates.max_nan_share)]
+
+    def score_columns(self) -> list[str]:
+        """`score` for one stage; a cascade's canaries name each stage (stage<i>_score)."""
+        return [stage_score(i) for i in range(1, len(self.cfg.cascade) + 2)] if self.cfg.cascade else [SCORE]
+
+    def open_gates(self, run: Run) -> None:
+        super().open_gates(run)
+        if self.gates.min_ratio_to_first_stage is not None and not (run.input.columns.score or run.input.columns.rank):
+            raise ConfigError("gates.min_ratio_to_first_stage: needs the first stage's ranking, and input.path "
+                              f"{self.input.path!r} has none: set input.columns.score or input.columns.rank")
+        check_drift_config(self.gates)
+
+    def check_gates(self, run: Run, scored: Scored, produced: Ranked,
+                    per_query: dict[str, dict[str, dict[str, float]]], non_finite: int) -> GateResults:
+        cfg, gates = self.cfg, self.gates
+        columns = [SCORE, *(self.score_columns() if cfg.cascade else [])]
+        buckets = buckets_for(produced.rows_out) if gates.baseline else 0
+        stats, parts = read_stats(run.out.fs, produced.files, columns, SCORE, cfg.eval.k, buckets)
+        results = GateResults(gates.mode)
+        nan_and_truncation(results, gates, non_finite, scored.scored, scored.truncated)
+        health_gates(results, stats, SCORE, gates)
+        for i, column in enumerate(columns[1:], start=1):  # (a cascade's stages: reported)
+            health_gates(results, stats, column, gates, f"stage {i}", gated=False)
+        if per_query:
+            eval_gates(results, gates, {stage: mean(pq) for stage, pq in per_query.items()}, cfg.eval.k)
+        if gates.baseline:
+            drift_gates(results, gates, stats, parts, cfg.eval.k)
+        return results
 
     def checkpoint_settings(self) -> dict[str, Any]:
         inputs = self.cfg.input.model_dump(exclude={"path", "on_duplicate"})  # (on_duplicate acts after scoring)
@@ -78,8 +120,9 @@ class RerankJob(Job[Ranked]):
             if cfg.cascade:
                 resume = StageCheckpoints(out.fs, posixpath.join(run.checkpoints.root, "cascade"), out.run_id,
                                           cfg.cache.shard_pairs)
-                ranked.stage_dirs, resumed = rank_cascade(cfg, run.groups, out.staging("cascade"), ranked.staged,
-                                                          out.fs, scored.scored, run.by_file, resume, run.lookups[1:])
+                ranked.stage_dirs, resumed = rank_cascade(
+                    cfg, run.groups, out.staging("cascade"), ranked.staged, out.fs, scored.scored, run.by_file,
+                    resume, run.lookups[1:], [self.canary(run, c) for c in self.score_columns()[1:]])
                 ranked.stage_resumed = [scored.resumed, *resumed]
             else:
                 rank_pairs(cfg, run.groups, ranked.staged, out.fs, scored.scored, run.by_file)
@@ -153,7 +196,7 @@ class RerankJob(Job[Ranked]):
         ndcg = {stage: {q: m[f"ndcg@{cfg.eval.k}"] for q, m in pq.items()} for stage, pq in per_query.items()}
         return render_report(table, series, title=f"batch-rerank {run.out.run_id}", counts=summary.counts(),
                              first_stage_rank=FIRST_STAGE_RANK if run.input.columns.rank else None, ndcg=ndcg,
-                             k=cfg.eval.k)
+                             k=cfg.eval.k, extra=[gates_figure(summary.gates, cfg.eval.k)])
 
 
 @ray.remote

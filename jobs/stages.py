@@ -39,7 +39,7 @@ from jobs.ranking import Ranker
 from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesystem
 from jobs.schema import BATCH_END, BATCH_START, QUERY_ID, RANK, ROW, SHARD, SKIP_REASON
 from jobs.text_join import join_texts
-from jobs.units import UnitDatasource, plan_units
+from jobs.units import Unit, UnitDatasource, plan_units
 from reranker_actors.actor import ScoreActor
 from reranker_actors.base import RerankerConfig
 
@@ -98,12 +98,15 @@ class Scorer:
     reranker: RerankerConfig
     actor: ActorConfig
     cache: Any = None  # the jobs.cache_shards.ShardedIndex to look pairs up in, or None
+    canaries: dict[str, Any] | None = None  # reranker_actors.canaries.Canaries' fields, checked at start
+    max_nan_share: float = 0.0  # gates.max_nan_share
 
     def constructor_kwargs(self, on_invalid: str, keep_texts: bool) -> dict[str, Any]:
         return {"reranker": self.reranker.model_dump(), "expect_gpu": self.actor.num_gpus > 0,
                 "threads": self.actor.threads or max(1, round(self.actor.num_cpus)), "on_invalid": on_invalid,
                 "score_column": self.column, "keep_texts": keep_texts, "cache": self.cache,
-                "max_restarts": self.actor.max_restarts}
+                "max_restarts": self.actor.max_restarts, "canaries": self.canaries,
+                "max_nan_share": self.max_nan_share}
 
 
 def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], checkpoints: Checkpoints,
@@ -125,14 +128,7 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
     # (a dataset keeps the DataContext of its creation)
     with writer, actor_pool_deadline([s.actor for s in scorers]) if units else nullcontext():
         if units:
-            source = UnitDatasource(inputs.fs, inputs.files, units, inputs.columns)
-            # (one block per read task, not split further: Normalizer fuses into the read)
-            ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks())
-            ds = ds.map_batches(Normalizer(input_cfg), batch_format="pyarrow", batch_size=None)
-            if inputs.texts:  # (the run layout: ids, joined here with the corpus and queries)
-                ds = join_texts(ds, inputs.texts, sum(u.num_rows for u in units),
-                                normalized_schema(inputs, input_cfg))
-                ds = ds.map_batches(TextCheck(input_cfg.on_invalid), batch_format="pyarrow", batch_size=None)
+            ds = read_pairs(inputs, input_cfg, units)
             # Blocks of exactly one batch, so that each actor task is one call and its rows
             # leave the pool (and become durable) as that call returns, not with the next one.
             ds = ds.repartition(target_num_rows_per_block=batch_pairs, strict=True)
@@ -152,6 +148,18 @@ def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], c
     scored_now = sum(e.rows - e.skipped - e.cached for e in writer.written)
     return Scored(entries, sum(e.rows for e in earlier), scored_now, round(window.startup_s, 3),
                   round(window.pairs_per_s(scored_now), 2))
+
+
+def read_pairs(inputs: Inputs, input_cfg: InputConfig, units: list[Unit]) -> ray.data.Dataset:
+    """The pairs of `units`, normalized and (the run layout) joined with their texts and checked."""
+    source = UnitDatasource(inputs.fs, inputs.files, units, inputs.columns)
+    # (one block per read task, not split further: Normalizer fuses into the read)
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_tasks())
+    ds = ds.map_batches(Normalizer(input_cfg), batch_format="pyarrow", batch_size=None)
+    if inputs.texts:  # (the run layout: ids, joined here with the corpus and queries)
+        ds = join_texts(ds, inputs.texts, sum(u.num_rows for u in units), normalized_schema(inputs, input_cfg))
+        ds = ds.map_batches(TextCheck(input_cfg.on_invalid), batch_format="pyarrow", batch_size=None)
+    return ds
 
 
 def done_ranges(entries: list[PartEntry], index: dict[str, int]) -> dict[int, np.ndarray]:

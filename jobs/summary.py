@@ -53,6 +53,8 @@ class RunSummary:
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> mean metrics
     eval_queries: int = 0
+    gates: dict = field(default_factory=dict)  # jobs.gates.GateResults.as_dict(): every figure, threshold, verdict
+    gate_lines: list[str] = field(default_factory=list)  # the same, as the summary prints it
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -78,14 +80,20 @@ class RunSummary:
         return out | {f"{stage} seconds": s for stage, s in self.seconds.items()}
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "scored": self.scored, "pairs_per_s": self.pairs_per_s()}
+        out = {**asdict(self), "scored": self.scored, "pairs_per_s": self.pairs_per_s()}
+        del out["gate_lines"]
+        return out
 
     def render(self) -> str:
         score_s = self.seconds.get("score", 0.0)
         rate = self.pairs_per_s().get("score", 0.0)
         resumed = f", {self.resumed_pairs} pairs resumed from checkpoints" if self.resumed_pairs else ""
+        refused = bool(self.gates.get("refused"))
+        verdict = "ran, and the quality gates refused it," if refused else "finished"
+        where = (f"nothing published at {self.output}; staged in {self.output}/_staging/{self.run_id}/"
+                 if refused else str(self.output))
         lines = [
-            f"batch-rerank finished in {sum(self.seconds.values()):.1f} s on {self.ray}",
+            f"batch-rerank {verdict} in {sum(self.seconds.values()):.1f} s on {self.ray}",
             f"  input     {self.input} ({len(self.input_files)} file(s){resumed})",
             f"  queries   {self.queries:,}",
             f"  pairs     {self.pairs:,} read, {self.scored:,} scored ({self.scored_now:,} in this run), "
@@ -97,7 +105,7 @@ class RunSummary:
             "  stages    " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
             + ("; ranked file by file (no query spans two input files)" if self.by_file else
                "; ranked after a shuffle by query_id"),
-            f"  output    {self.output} ({self.rows_out:,} rows in {self.files_out} file(s))",
+            f"  output    {where} ({self.rows_out:,} rows in {self.files_out} file(s))",
         ]
         if self.cache:
             lines.append(f"  cache     {self.cached:,} pair(s) from the score cache ({self.cache_entries:,} entries "
@@ -113,4 +121,5 @@ class RunSummary:
         for stage, m in self.metrics.items():
             shown = ", ".join(f"{k} {v:.4f}" for k, v in m.items())
             lines.append(f"  eval      {stage}: {shown}  ({self.eval_queries} queries with qrels)")
+        lines += [f"  {line}" for line in self.gate_lines]
         return "\n".join(lines)

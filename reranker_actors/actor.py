@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from reranker_actors.base import Scores
 from reranker_actors.cache_keys import KeyLookup, pair_keys
+from reranker_actors.canaries import Canaries
 from reranker_actors.columns import (
     ATTENTION,
     BATCH_END,
@@ -31,7 +32,7 @@ from reranker_actors.columns import (
     cache_key_column,
 )
 from reranker_actors.device import pick_device
-from reranker_actors.errors import InputError, ModelError, UserError
+from reranker_actors.errors import GateFailure, InputError, ModelError, UserError
 from reranker_actors.faults import Faults
 from reranker_actors.redact import without_texts
 from reranker_actors.registry import build_reranker
@@ -42,6 +43,7 @@ MAX_LISTED = 5
 # not bad rows: the job stops instead of quarantining everything.
 MAX_FAILING_SHARE = 0.5
 MAX_REASON_CHARS = 300
+NON_FINITE = "score is not finite"  # the quarantine reason of a NaN or infinite score (gates.max_nan_share)
 
 
 @dataclass
@@ -98,10 +100,12 @@ class ScoreActor:
 
     def __init__(self, reranker: dict[str, Any], expect_gpu: bool, threads: int, on_invalid: str,
                  score_column: str = SCORE, keep_texts: bool = False, cache: KeyLookup | None = None,
-                 max_restarts: int = 3) -> None:
+                 max_restarts: int = 3, canaries: dict[str, Any] | None = None, max_nan_share: float = 0.0) -> None:
         """`cache`: where to look scores up by pair key (a CacheIndex, or the job's shards of
         one), or None. `max_restarts`: how often Ray may restart this actor after it died
-        before it refuses to work."""
+        before it refuses to work. `canaries`: the fields of a Canaries, checked once the model
+        has loaded. `max_nan_share`: 0 stops the job at the first NaN or infinite score; above
+        0 such pairs are quarantined (the job's gate then checks their share)."""
         began = time.time()
         import torch
 
@@ -111,6 +115,7 @@ class ScoreActor:
         self.faults = Faults.from_env()
         self.failed: UserError | None = None
         self.cache = cache
+        self.max_nan_share = max_nan_share
         try:
             check_restarts(reranker.get("model", ""), max_restarts)
             self.device = pick_device(expect_gpu)
@@ -120,6 +125,8 @@ class ScoreActor:
             print(f"batch-rerank actor: {reranker.get('model')!r} on {self.device} ({self.dtype}, "
                   f"{self.reranker.attention} attention): process up {began - _process_start():.1f} s, "
                   f"torch import {imported - began:.1f} s, model load {time.time() - imported:.1f} s", flush=True)
+            if canaries:
+                Canaries(**canaries).check(self.reranker, score_column)
         except UserError as e:
             # Raised from __init__, Ray reports only "actor died" (and retries the load);
             # raised from the first call, the job shows this message and stops.
@@ -171,7 +178,10 @@ class ScoreActor:
         if self.faults:
             self.faults.check_rows(part[DOC_ID].to_pylist())
         instructions = part[INSTRUCTION].to_pylist() if INSTRUCTION in part.column_names else None
-        return self.reranker.score(part[QUERY].to_pylist(), part[DOC].to_pylist(), instructions)
+        scores = self.reranker.score(part[QUERY].to_pylist(), part[DOC].to_pylist(), instructions)
+        if self.faults:
+            return Scores(self.faults.poison(part[DOC_ID].to_pylist(), scores.values), scores.truncated)
+        return scores
 
     def _isolating(self, batch: pa.Table, rows: np.ndarray, errors: dict[int, str]) -> Scores:
         """Scores of `rows`; rows that fail alone go into `errors` (score NaN), by bisection."""
@@ -216,16 +226,23 @@ class ScoreActor:
             )
         for i, why in failed.items():
             rows.valid[i], rows.reasons[i] = False, why
-        nan = np.isnan(rows.scores) & rows.valid
-        if nan.any():
-            raise ModelError(self._nan_message(batch, nan))
+        bad = ~np.isfinite(rows.scores) & rows.valid
+        if not bad.any():
+            return
+        if self.max_nan_share == 0 or bad.sum() > MAX_FAILING_SHARE * scored:
+            raise GateFailure(self._nan_message(batch, bad))
+        for i in np.flatnonzero(bad):
+            rows.valid[i], rows.reasons[i] = False, f"{NON_FINITE} ({rows.scores[i]})"
 
-    def _nan_message(self, batch: pa.Table, nan: np.ndarray) -> str:
-        rows = batch.filter(pa.array(nan)).select([QUERY_ID, DOC_ID]).slice(0, 5).to_pylist()
+    def _nan_message(self, batch: pa.Table, bad: np.ndarray) -> str:
+        rows = batch.filter(pa.array(bad)).select([QUERY_ID, DOC_ID]).slice(0, 5).to_pylist()
         cfg = self.reranker.config
+        allowed = (f"more than half of a batch; gates.max_nan_share ({self.max_nan_share:g}) quarantines "
+                   "a few, not a broken model" if self.max_nan_share else "gates.max_nan_share is 0")
         return (
-            f"model {cfg.model!r} returned NaN scores for {int(nan.sum())} pair(s), e.g. {rows}; "
-            f"dtype {cfg.dtype} may overflow for this model; try reranker.dtype=float32 or bfloat16"
+            f"gates.max_nan_share: model {cfg.model!r} returned NaN or infinite scores for {int(bad.sum())} of "
+            f"{len(batch)} pair(s) of a batch ({allowed}), e.g. {rows}; dtype {self.dtype} may overflow for "
+            "this model: try reranker.dtype=float32 or bfloat16"
         )
 
     def _assemble(self, batch: pa.Table, rows: _Rows, keys: pa.FixedSizeBinaryArray | None,

@@ -1,6 +1,7 @@
 """Errors a user can cause in the engine: a bad model, device, config value or row.
 
-The job (`jobs`) reports these as they are: message only, exit status 2. The message
+The job (`jobs`) reports these as they are: message only, exit status 2 (3 for a quality
+gate that refused the run). The message
 alone must say what is wrong (the key, model, column or row) and what would be accepted.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem with the user's config, data or model; no traceback is shown for these."""
+
+    exit_status = 2
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -37,3 +40,10 @@ class InputError(UserError):
 
 class ModelError(UserError):
     """A model could not be loaded or cannot run on the requested device/dtype."""
+
+
+class GateFailure(UserError):
+    """A quality gate refused the run: scores that are NaN, or canaries that moved, or (in the
+    job) a ranking worse than the gates allow. Nothing is published."""
+
+    exit_status = 3

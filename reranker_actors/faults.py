@@ -5,6 +5,7 @@ Enabled by the environment variable BATCH_RERANK_TEST_FAULTS holding JSON, e.g.
     {"kill_on_call": 2, "marker_dir": "/tmp/f"}    the actor process exits on its 2nd call,
                                                    once per marker_dir across all actors
     {"raise_on_doc_id": "d7"}                      scoring raises for any batch holding d7
+    {"nan_on_doc_ids": ["d3", "d9"]}               the model returns NaN for these documents
     {"count_file": "/tmp/n"}                       each batch appends how many pairs it scored
     {"resources_file": "/tmp/r"}                   each actor appends its model and the Ray
                                                    resources it was given (a JSON line)
@@ -22,6 +23,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 ENV = "BATCH_RERANK_TEST_FAULTS"
 
 
@@ -35,6 +38,7 @@ class Faults:
     kill_on_call: int | None = None
     marker_dir: str | None = None
     raise_on_doc_id: str | None = None
+    nan_on_doc_ids: list[str] | None = None
     count_file: str | None = None
     resources_file: str | None = None
     batch_log: str | None = None
@@ -72,6 +76,13 @@ class Faults:
     def check_rows(self, doc_ids: Sequence[str]) -> None:
         if self.raise_on_doc_id is not None and self.raise_on_doc_id in doc_ids:
             raise InjectedFault(f"injected failure for doc_id {self.raise_on_doc_id!r}")
+
+    def poison(self, doc_ids: Sequence[str], values: np.ndarray) -> np.ndarray:
+        """The model's scores, with NaN for the documents nan_on_doc_ids names."""
+        if not self.nan_on_doc_ids:
+            return values
+        bad = np.isin(np.asarray(doc_ids, dtype=object), self.nan_on_doc_ids)
+        return np.where(bad, np.float32(np.nan), values).astype(values.dtype)
 
     def scored(self, pairs: int) -> None:
         if self.count_file is not None:
