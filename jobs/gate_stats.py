@@ -76,13 +76,22 @@ def tied_pairs(codes: np.ndarray, values: np.ndarray) -> int:
     """How many pairs share their exact score with another pair of the same query (`codes`)."""
     if values.size < 2:
         return 0
-    order = np.lexsort((values, codes))
-    c, v = codes[order], values[order]
+    c, v = codes, values
+    if not _ranked_order(c, v):  # (a ranked output is already in that order: no sort)
+        order = np.lexsort((values, codes))
+        c, v = codes[order], values[order]
     same = (c[1:] == c[:-1]) & (v[1:] == v[:-1])
     tied = np.zeros(values.size, dtype=bool)
     tied[1:] |= same
     tied[:-1] |= same
     return int(tied.sum())
+
+
+def _ranked_order(codes: np.ndarray, values: np.ndarray) -> bool:
+    """Whether each query's rows are contiguous (dictionary codes come in order of first
+    appearance, so contiguous is non-decreasing) and sorted by value, descending."""
+    within = codes[1:] == codes[:-1]
+    return bool(np.all(codes[1:] >= codes[:-1]) and np.all(values[1:][within] <= values[:-1][within]))
 
 
 def fine_bins(values: np.ndarray) -> np.ndarray:
@@ -170,7 +179,8 @@ def file_stats(fs: fsspec.AbstractFileSystem, path: str, columns: list[str], dri
             continue
         column = table[name]
         valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)[valid]
+        numbers = column if pa.types.is_floating(column.type) else pc.cast(column, pa.float64())
+        values = numbers.to_numpy(zero_copy_only=False)[valid]
         stats.health[name] = Health.of(codes[valid], values)
         if name == drift:
             finite = values[np.isfinite(values)]
@@ -235,9 +245,15 @@ def drift_of(k: int, new: pa.Table, base: pa.Table) -> Drift:
 
 
 @ray.remote
-def _file_stats(*args: object, **kwargs: object) -> tuple | FileStats:
-    out = file_stats(*args, **kwargs)  # type: ignore[arg-type]
-    return out if len(out) > 1 else out[0]  # (one return: Ray hands the value over as it is)
+def _files_stats(fs: fsspec.AbstractFileSystem, paths: list[str], *args: object) -> tuple | FileStats:
+    """Several files' stats, merged, and their top-k tables per bucket (one task: a task per
+    small file would cost more in scheduling than the reading)."""
+    outs = [file_stats(fs, path, *args) for path in paths]  # type: ignore[arg-type]
+    stats = FileStats()
+    for out in outs:
+        stats = stats.merge(out[0])
+    parts = [pa.concat_tables(tables) for tables in zip(*(out[1:] for out in outs), strict=True)]
+    return (stats, *parts) if parts else stats  # (one return: Ray hands the value over as it is)
 
 
 @ray.remote
@@ -245,28 +261,55 @@ def _drift(k: int, parts: int, *tables: pa.Table) -> Drift:
     return drift_of(k, pa.concat_tables(tables[:parts]), pa.concat_tables(tables[parts:]))
 
 
+TASKS_PER_CPU = 2  # stats tasks per CPU of the cluster
+
+
 def buckets_for(rows: int) -> int:
     """Partitions of the drift join for an output of `rows` pairs (top k of each query: at most all)."""
     return max(1, math.ceil(rows / TOPK_ROWS_PER_BUCKET / 10))
 
 
+@dataclass
+class PendingStats:
+    """The stats tasks of some output files, submitted: FileStats refs, and per bucket the
+    refs of the top-k tables (what a drift join takes, without waiting for the stats)."""
+
+    stats: list
+    parts: list[list]
+
+    def result(self) -> FileStats:
+        merged = FileStats()
+        for stats in ray.get(self.stats):
+            merged = merged.merge(stats)
+        return merged
+
+
+def submit_stats(fs: fsspec.AbstractFileSystem, files: list[str], columns: list[str], drift: str | None, k: int,
+                 buckets: int, nested: list[str] | None = None, agree: bool = False) -> PendingStats:
+    """Tasks reading `files`, about TASKS_PER_CPU per CPU of the cluster, each a run of files."""
+    tasks = max(1, min(len(files), TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1))))
+    groups = [files[i::tasks] for i in range(tasks)]
+    refs = [_files_stats.options(num_returns=1 + buckets).remote(fs, g, columns, drift, k, buckets, nested, agree)
+            for g in groups if g]
+    refs = [r if isinstance(r, list) else [r] for r in refs]
+    return PendingStats([r[0] for r in refs], [[r[1 + b] for r in refs] for b in range(buckets)])
+
+
 def read_stats(fs: fsspec.AbstractFileSystem, files: list[str], columns: list[str], drift: str | None, k: int,
                buckets: int, nested: list[str] | None = None, agree: bool = False) -> tuple[FileStats, list]:
     """Every file's stats, merged, and per bucket the object refs of its top-k tables."""
-    refs = [_file_stats.options(num_returns=1 + buckets).remote(fs, f, columns, drift, k, buckets, nested, agree)
-            for f in files]
-    refs = [r if isinstance(r, list) else [r] for r in refs]
-    merged = FileStats()
-    for r in refs:
-        merged = merged.merge(ray.get(r[0]))
-    return merged, [[r[1 + b] for r in refs] for b in range(buckets)]
+    pending = submit_stats(fs, files, columns, drift, k, buckets, nested, agree)
+    return pending.result(), pending.parts
 
 
-def drift_between(k: int, new_parts: list[list], base_parts: list[list]) -> Drift:
-    """Join this run's top k with the baseline's, bucket by bucket, in Ray tasks."""
-    results = [_drift.remote(k, len(n), *n, *b) for n, b in zip(new_parts, base_parts, strict=True)]
+def submit_drift(k: int, new_parts: list[list], base_parts: list[list]) -> list:
+    """Join this run's top k with the baseline's, bucket by bucket, in Ray tasks (submitted)."""
+    return [_drift.remote(k, len(n), *n, *b) for n, b in zip(new_parts, base_parts, strict=True)]
+
+
+def gather_drift(refs: list) -> Drift:
     total = Drift()
-    for d in ray.get(results):
+    for d in ray.get(refs):
         total = total.merge(d)
     return total
 

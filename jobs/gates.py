@@ -29,7 +29,17 @@ import fsspec
 
 from jobs.config import DRIFT_GATES, GatesConfig, HealthGates
 from jobs.errors import ConfigError, GateFailure
-from jobs.gate_stats import Drift, FileStats, buckets_for, drift_between, psi_and_ks, read_stats
+from jobs.gate_stats import (
+    Drift,
+    FileStats,
+    PendingStats,
+    buckets_for,
+    gather_drift,
+    psi_and_ks,
+    read_stats,
+    submit_drift,
+    submit_stats,
+)
 from jobs.output import PART_FILE, REFUSED, SUCCESS
 from jobs.schema import SCORE
 
@@ -139,16 +149,19 @@ def baseline_files(url: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     return fs, sorted(names)
 
 
-def drift_gates(results: GateResults, cfg: GatesConfig, stats: FileStats, parts: list, k: int) -> None:
-    """Drift against gates.baseline: always reported when a baseline is given, gated by key."""
+def baseline_stats(cfg: GatesConfig, k: int, buckets: int) -> PendingStats:
+    """The stats tasks of gates.baseline's part files (submitted, beside this run's)."""
     base_fs, base_files = baseline_files(str(cfg.baseline))
-    base_stats, base_parts = read_stats(base_fs, base_files, [SCORE], SCORE, k, len(parts))
-    drift: Drift = drift_between(k, parts, base_parts)
+    return submit_stats(base_fs, base_files, [SCORE], SCORE, k, buckets)
+
+
+def drift_gates(results: GateResults, cfg: GatesConfig, stats: FileStats, base: FileStats, drift: Drift) -> None:
+    """Drift against gates.baseline: always reported when a baseline is given, gated by key."""
     shared = drift.shared or None
     results.add("topk_overlap", drift.mean_overlap if shared else None, cfg, "min_topk_overlap", at_least=True)
     results.add("top1_changed_share", drift.top1_changed_share if shared else None, cfg, "max_top1_changed_share")
-    psi, ks = (psi_and_ks(stats.histogram, base_stats.histogram)
-               if stats.histogram is not None and base_stats.histogram is not None else (None, None))
+    psi, ks = (psi_and_ks(stats.histogram, base.histogram)
+               if stats.histogram is not None and base.histogram is not None else (None, None))
     results.add("score_shift (PSI)", psi, cfg, "max_score_shift")
     results.add("score_shift (KS)", ks)
     results.add("queries shared with the baseline", float(drift.shared))
@@ -177,5 +190,6 @@ def refused_marker(results: GateResults) -> bytes:
     return json.dumps(results.as_dict(), indent=2).encode()
 
 
-__all__ = ["REFUSED", "Gate", "GateResults", "buckets_for", "check_drift_config", "drift_gates", "eval_gates",
-           "health_gates", "nan_and_truncation", "read_stats", "refusal", "refused_marker"]
+__all__ = ["REFUSED", "Gate", "GateResults", "baseline_stats", "buckets_for", "check_drift_config", "drift_gates",
+           "eval_gates", "gather_drift", "health_gates", "nan_and_truncation", "read_stats", "refusal",
+           "refused_marker", "submit_drift", "submit_stats"]

@@ -31,13 +31,16 @@ from jobs.evaluate import evaluate, mean, read_run
 from jobs.fs import arrow_filesystem
 from jobs.gates import (
     GateResults,
+    baseline_stats,
     buckets_for,
     check_drift_config,
     drift_gates,
     eval_gates,
+    gather_drift,
     health_gates,
     nan_and_truncation,
-    read_stats,
+    submit_drift,
+    submit_stats,
 )
 from jobs.lifecycle import Job, Produced, Run, run_job
 from jobs.output import TREC_RUN, OutputError
@@ -96,7 +99,11 @@ class RerankJob(Job[Ranked]):
         cfg, gates = self.cfg, self.gates
         columns = [SCORE, *(self.score_columns() if cfg.cascade else [])]
         buckets = buckets_for(produced.rows_out) if gates.baseline else 0
-        stats, parts = read_stats(run.out.fs, produced.files, columns, SCORE, cfg.eval.k, buckets)
+        # (this run's reads, the baseline's and the drift join all submitted before waiting on any)
+        pending = submit_stats(run.out.fs, produced.files, columns, SCORE, cfg.eval.k, buckets)
+        base = baseline_stats(gates, cfg.eval.k, buckets) if gates.baseline else None
+        drift = submit_drift(cfg.eval.k, pending.parts, base.parts) if base else None
+        stats = pending.result()
         results = GateResults(gates.mode)
         nan_and_truncation(results, gates, non_finite, scored.scored, scored.truncated)
         health_gates(results, stats, SCORE, gates)
@@ -104,8 +111,8 @@ class RerankJob(Job[Ranked]):
             health_gates(results, stats, column, gates, f"stage {i}", gated=False)
         if per_query:
             eval_gates(results, gates, {stage: mean(pq) for stage, pq in per_query.items()}, cfg.eval.k)
-        if gates.baseline:
-            drift_gates(results, gates, stats, parts, cfg.eval.k)
+        if base is not None and drift is not None:
+            drift_gates(results, gates, stats, base.result(), gather_drift(drift))
         return results
 
     def checkpoint_settings(self) -> dict[str, Any]:

@@ -174,3 +174,28 @@ def test_a_broken_model_night_is_refused_and_warn_publishes_it_without_rescoring
     assert published_report["gates"]["mode"] == "warn" and published_report["run_id"] != night1_id
     assert snapshot(out) != before and not list(out.glob("_staging/*/_REFUSED"))
     assert "FAILED ndcg@10 / first stage" in (out / "_run_report.txt").read_text()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_distillation_gates_each_teacher_and_their_agreement(tmp_path: Path, tiny_bert_dir: str) -> None:
+    from jobs.distill_labels import main as distill
+
+    def teacher(name: str, backend: str) -> dict:
+        return {"name": name, "reranker": {"backend": backend, "model": tiny_bert_dir, "dtype": "float32",
+                                           "max_length": 128},
+                "actor": {"pool_size": 1, "num_cpus": 0.5, "batch_size": 128}}
+
+    data = {"input": {"path": str(SAMPLE / "candidates"), "columns": {"rank": "bm25_rank"}},
+            "output": {"path": str(tmp_path / "labels")},
+            "teachers": [teacher("a", "cross_encoder"), teacher("a_again", "cross_encoder"),
+                         teacher("b", "bi_encoder")],
+            "gates": {"min_teacher_agreement": 0.9, "min_score_spread": 1e-6}}
+    assert distill(["--config", str(write_config(tmp_path / "d.yaml", data))]) == 3
+    assert not published(tmp_path / "labels")
+    report = json.loads((refused_staging(tmp_path / "labels") / "_run_report.json").read_text())
+    by_figure = {g["figure"]: g for g in report["gates"]["gates"]}
+    assert by_figure["teacher_agreement (a, a_again)"]["value"] == pytest.approx(1.0)
+    assert by_figure["teacher_agreement (a, b)"]["verdict"] == "FAILED"
+    assert by_figure["teacher_agreement (a, b)"]["value"] < 0.9
+    assert {f"score_spread (teacher {t})" for t in ("a", "a_again", "b")} <= by_figure.keys()
+    assert all(by_figure[f"score_spread (teacher {t})"]["verdict"] == "passed" for t in ("a", "a_again", "b"))
