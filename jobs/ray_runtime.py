@@ -63,20 +63,24 @@ def configure_data_context() -> None:
     quiet_ray_data_console()  # (so an error the user caused is its one line on the console)
 
 
+READ_TASK_CPUS = 1  # what Ray Data's read tasks ask for
+
+
 def check_pool_fits(actors: list[ActorConfig]) -> None:
-    """Refuse CPU actor pools that run together and leave no CPU for the read tasks: Ray
-    Data then waits forever."""
+    """Refuse CPU actor pools that run together and leave less than one CPU, what a read
+    task asks for, to the read tasks: Ray Data then waits forever."""
     cpu_pools = [a for a in actors if not (a.num_gpus > 0 or a.resources)]
     if not cpu_pools:
         return
     total = ray.cluster_resources().get("CPU", 0)
     need = sum(a.pool_size.min * a.num_cpus for a in cpu_pools)
-    if 0 < total <= need:  # (0 CPUs: an autoscaling cluster that has not added workers yet)
+    if 0 < total < need + READ_TASK_CPUS:  # (0 CPUs: an autoscaling cluster that has not added workers yet)
         shown = " + ".join(f"{a.pool_size.min} x {a.num_cpus}" for a in cpu_pools)
         raise ConfigError(
             f"actor.pool_size.min x actor.num_cpus of the pools that run together: {shown} = {need:g} CPUs, "
-            f"but the cluster has {total:g}; the read stage then never gets a CPU and the job hangs. "
-            "Lower the pool size or num_cpus (fractions are allowed, e.g. num_cpus: 0.5)."
+            f"which leaves {max(total - need, 0):g} of the cluster's {total:g} to the read tasks, each of which "
+            f"needs {READ_TASK_CPUS}: the read stage then never starts and the job hangs. Lower the pool size or "
+            "num_cpus (fractions are allowed, e.g. num_cpus: 0.5)."
         )
 
 

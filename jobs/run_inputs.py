@@ -131,10 +131,12 @@ def _source(key: str, spec: str | list[str], id_column: str, text_column: str, t
                 errors.append(f"{key} {url!r}: not a readable Parquet file ({footer})")
                 continue
             names = footer.schema.names
+            id_key, text_key = ("doc_id", "doc") if what == "documents" else ("query_id", "query")
             errors += [f"{key} {url!r}: missing column {col!r}; present: {', '.join(names)} (set input.columns."
-                       f"{field} to the {what}' {field} column)"
-                       for field, col in (("id", id_column), ("text", text_column), ("title", title),
-                                          ("instruction", instruction)) if col and col not in names]
+                       f"{field} to the {what}' {role} column)"
+                       for field, role, col in ((id_key, "id", id_column), (text_key, "text", text_column),
+                                                ("title", "title", title), ("instruction", "instruction", instruction))
+                       if col and col not in names]
             rows += footer.num_rows
         elif not path.endswith(TEXT_FORMATS + GZ):
             errors.append(f"{key} {url!r}: unknown format; accepted: .parquet, .jsonl (BEIR), .tsv (id<TAB>text), "

@@ -52,6 +52,16 @@ def test_tied_pairs_counts_pairs_sharing_a_score_within_their_query_only() -> No
     assert tied_pairs(codes, values) == brute == 5
 
 
+def test_tied_pairs_is_the_same_on_a_ranked_output_and_in_any_order() -> None:
+    rng = np.random.default_rng(3)
+    codes, values = rng.integers(0, 50, 2000), rng.integers(0, 30, 2000).astype(np.float64)
+    _, inverse, counts = np.unique(np.stack([codes, values]), axis=1, return_inverse=True, return_counts=True)
+    expected = int((counts[inverse.ravel()] > 1).sum())
+    ranked = np.lexsort((-values, codes))  # (as a ranked output is written: by query, best first)
+    _, codes_in_order = np.unique(codes[ranked], return_inverse=True)
+    assert tied_pairs(codes, values) == tied_pairs(codes_in_order, values[ranked]) == expected
+
+
 def test_ranks_and_spearman_per_query_match_scipy() -> None:
     codes = np.repeat(np.arange(30), 40)
     a = np.round(RNG.normal(size=codes.size), 1)  # (rounded: ties)

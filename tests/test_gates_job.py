@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def shifted_model(src: str, dest: Path, shift: float) -> str:
     return str(dest)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_drift_fails_below_the_overlap_and_passes_an_identical_rerun(tmp_path: Path, tiny_bert_dir: str) -> None:
     night1 = tiny_config(tmp_path, "night1", tiny_bert_dir)
@@ -80,6 +82,7 @@ def test_drift_fails_below_the_overlap_and_passes_an_identical_rerun(tmp_path: P
     assert failed["topk_overlap"]["value"] < 0.9 and failed["topk_overlap"]["threshold"] == 0.9
 
 
+@pytest.mark.slow
 def test_canaries_of_a_good_run_stop_a_changed_model_before_any_pair_is_scored(
         tmp_path: Path, tiny_bert_dir: str, ray_head: object) -> None:
     night1 = tiny_config(tmp_path, "night1", tiny_bert_dir)
@@ -173,7 +176,8 @@ def test_a_broken_model_night_is_refused_and_warn_publishes_it_without_rescoring
     assert published_report["scored_now"] == 0 and published_report["resumed_pairs"] == 600
     assert published_report["gates"]["mode"] == "warn" and published_report["run_id"] != night1_id
     assert snapshot(out) != before and not list(out.glob("_staging/*/_REFUSED"))
-    assert "FAILED ndcg@10 / first stage" in (out / "_run_report.txt").read_text()
+    assert re.search(r"FAILED +ndcg@10 / first stage 0\.\d+ \(gates.min_ratio_to_first_stage >= 0.9\)",
+                     (out / "_run_report.txt").read_text())
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -183,7 +187,7 @@ def test_distillation_gates_each_teacher_and_their_agreement(tmp_path: Path, tin
     def teacher(name: str, backend: str) -> dict:
         return {"name": name, "reranker": {"backend": backend, "model": tiny_bert_dir, "dtype": "float32",
                                            "max_length": 128},
-                "actor": {"pool_size": 1, "num_cpus": 0.5, "batch_size": 128}}
+                "actor": {"pool_size": 1, "num_cpus": 0.25, "batch_size": 128}}
 
     data = {"input": {"path": str(SAMPLE / "candidates"), "columns": {"rank": "bm25_rank"}},
             "output": {"path": str(tmp_path / "labels")},

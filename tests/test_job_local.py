@@ -208,8 +208,12 @@ def test_duplicates_fail_by_default_and_dedupe_on_request(tmp_path: Path, tiny_b
 def test_a_pool_that_would_deadlock_two_cpus_is_refused(tmp_path: Path, tiny_bert_dir: str) -> None:
     path = write_config(tmp_path / "job.yaml", job_config(tmp_path, tmp_path, tiny_bert_dir))
     write_shards(tmp_path / "in", [sample_pairs().slice(0, 5)])
-    with pytest.raises(ConfigError, match=r"pools that run together: 2 x 1.0 = 2 CPUs, but the cluster has 2"):
+    with pytest.raises(ConfigError, match=r"pools that run together: 2 x 1.0 = 2 CPUs, which leaves 0 of the "
+                                          r"cluster's 2 to the read tasks, each of which needs 1"):
         run(load_config(path, [f"input.path={tmp_path / 'in'}", "actor.pool_size=2"]))
+    # (1.5 of 2 CPUs leaves half a CPU: a read task, which asks for one, would wait forever too)
+    with pytest.raises(ConfigError, match=r"3 x 0.5 = 1.5 CPUs, which leaves 0.5 of the cluster's 2"):
+        run(load_config(path, [f"input.path={tmp_path / 'in'}", "actor.pool_size=3", "actor.num_cpus=0.5"]))
     assert not (tmp_path / "out").exists()
 
 

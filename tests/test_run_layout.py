@@ -111,7 +111,8 @@ def test_a_missing_or_empty_corpus_or_queries_is_an_error_before_any_work(tmp_pa
     with pytest.raises(InputError, match=r"input.queries .*q.parquet.*holds no queries"):
         discover(cfg.input.model_copy(update={"queries": str(tmp_path / "q.parquet")}))
     pq.write_table(pa.table({"qid": ["1"], "text": ["x"]}), tmp_path / "q2.parquet")
-    with pytest.raises(InputError, match=r"q2.parquet': missing column 'query_id'.*input.columns.id"):
+    with pytest.raises(InputError, match=r"q2.parquet': missing column 'query_id'; present: qid, text "
+                       r"\(set input.columns.query_id to the queries' id column\)"):
         discover(cfg.input.model_copy(update={"queries": str(tmp_path / "q2.parquet")}))
 
 
