@@ -61,7 +61,9 @@ def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHea
     first, second = scores(tiny_bert_dir, source), scores(tiny_xlmr_dir, source)
     assert max(abs(rows[k]["stage1_score"] - v) for k, v in first.items()) < 1e-5
     stage2 = [abs(r["stage2_score"] - second[k]) for k, r in rows.items() if r["stage2_score"] is not None]
-    assert len(stage2) == 20 * TOP_N and max(stage2) < 5e-5, max(stage2)  # (other batch shapes: fp32 sum order)
+    # (other batch shapes, other fp32 sum orders: measured 8.0e-6 at |score| <= 4.72, 1.7e-6 of the largest)
+    bound = 1e-5 * max(abs(v) for v in second.values())
+    assert len(stage2) == 20 * TOP_N and max(stage2) <= bound, max(stage2)
     for qid in {k[0] for k in rows}:
         ranked = sorted((r for k, r in rows.items() if k[0] == qid), key=lambda r: r["rank"])
         assert [r["rank"] for r in ranked] == list(range(1, 31))
@@ -128,5 +130,6 @@ def test_a_driver_killed_in_stage_two_reruns_only_what_stage_two_had_not_made_du
     assert len(rows) == len(source) == 600
     second = scores(tiny_xlmr_dir, source)
     stage2 = [abs(r["stage2_score"] - second[k]) for k, r in rows.items() if r["stage2_score"] is not None]
-    assert len(stage2) == stage_two and max(stage2) < 5e-5  # every stage-2 pair once, its model's score
+    bound = 1e-5 * max(abs(v) for v in second.values())  # (as in the test above)
+    assert len(stage2) == stage_two and max(stage2) <= bound  # every stage-2 pair once, its model's score
     assert not (tmp_path / "out" / "cascade" / "_checkpoints").exists()  # removed after the commit

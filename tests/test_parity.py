@@ -154,8 +154,9 @@ def test_compiled_cross_encoder_equals_sentence_transformers(tiny_bert_dir: str,
     assert reranker.model.base_model._compiled_call_impl is not None  # (compiled in place)
     ours = reranker.score(queries, docs).values
     ref = st_cross_scores(tiny_bert_dir, queries, docs, max_length=128)
-    # (fused kernels reorder fp32 sums: measured 1.1e-5)
-    assert np.abs(ours - ref).max() < 5e-5 and np.std(ours) > 1e-3
+    # Fused kernels reorder fp32 sums: measured 1.07e-5 at scores up to 4.13 in magnitude
+    # (2.6e-6 of the largest; eager: 0.0), so the bound is 1e-5 of the largest score.
+    assert np.abs(ours - ref).max() <= 1e-5 * np.abs(ref).max() and np.std(ours) > 1e-3
 
 
 def test_scores_do_not_depend_on_host_slices(tiny_bert_dir: str, pairs, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -261,10 +261,10 @@ def test_a_cascade_and_distillation_labels_on_the_run_layout_give_the_flat_layou
         have = records["run"][qid]
         assert (have["positives"], have["hard_negatives"]) == (want["positives"], want["hard_negatives"])
         for x, y in zip(have["candidates"], want["candidates"], strict=True):
-            # (measured: raw scores up to 5.0e-6 apart, about 7 float32 ulps at |score| ~2.7: the padded
-            # lengths of other batch compositions; the per-query z-score divides that by a small spread)
-            assert x["doc_id"] == y["doc_id"] and x["bert"] == pytest.approx(y["bert"], abs=2e-5)
-            assert x["combined"] == pytest.approx(y["combined"], abs=1e-4)
+            # (measured: raw scores up to 5.0e-6 apart, combined up to 3.9e-6: the padded lengths of
+            # other batch compositions)
+            assert x["doc_id"] == y["doc_id"] and x["bert"] == pytest.approx(y["bert"], abs=1e-5)
+            assert x["combined"] == pytest.approx(y["combined"], abs=1e-5)
 
 
 @pytest.mark.slow
