@@ -83,11 +83,18 @@ def test_stage_two_rescores_only_the_top_n_on_its_own_resources(ray_head: RayHea
     assert [(s["stage"], s["pairs"], s["cached"]) for s in report["stages"]] == [(1, 600, 0), (2, 20 * TOP_N, 0)]
     assert list(report["metrics"]) == ["first stage", "stage 1", "reranked"]
     assert "stage 2   " in log and "eval      stage 1:" in log
+    figures = {g["figure"]: g for g in report["gates"]["gates"]}  # (each stage's health reported)
+    assert {"score_spread", "tied_share", "score_spread (stage 1)", "score_spread (stage 2)",
+            "tied_share (stage 2)"} <= figures.keys()
+    assert figures["score_spread (stage 2)"]["verdict"] == "reported" and figures["score_spread"]["value"] > 0
 
     # The next night, same pairs: each stage takes every score from its own model's cache.
-    code, log = finish(driver(ray_head, CONFIG, None, *overrides, f"output.path={tmp_path / 'night2'}"))
+    code, log = finish(driver(ray_head, CONFIG, None, *overrides, f"output.path={tmp_path / 'night2'}",
+                              "gates.min_score_spread=1e-6", "gates.max_tied_share=0.5"))
     assert code == 0, log[-4000:]
     report = json.loads((tmp_path / "night2" / "_run_report.json").read_text())
+    gated = {g["figure"]: g["verdict"] for g in report["gates"]["gates"] if g["key"]}  # (the final ranking's)
+    assert gated == {"nan_share": "passed", "score_spread": "passed", "tied_share": "passed"}
     assert [(s["stage"], s["cached"]) for s in report["stages"]] == [(1, 600), (2, 20 * TOP_N)]
     assert report["scored_now"] == 0 and len(list((tmp_path / "cache").iterdir())) == 2  # (one per model)
     again = {(r["query_id"], r["doc_id"]): r for r in pads.dataset(str(tmp_path / "night2")).to_table().to_pylist()}
