@@ -144,8 +144,9 @@ def rank_cascade(cfg: JobConfig, scored: list[FileParts], staging: str, dest: st
             earlier = ShardedIndex.serve(fs, files, rows, checkpoints.shard_pairs,
                                          (cache_key_column(stage_score(i + 1)), stage_score(i + 1)))
             lookup = Chained([earlier, *([caches[i - 1]] if caches and caches[i - 1] else [])])
+            # (max_nan_share 0: a later stage stops at its first NaN score, whose share no gate counts)
             scorer = Scorer(stage_score(i + 1), stage.reranker, stage.actor, lookup,
-                            canaries[i - 1] if len(canaries) >= i else None)
+                            canaries[i - 1] if len(canaries) >= i else None, 0.0, cfg.gates.mode == "warn")
             # (blocks of one batch: each is written, so durable, as the pool returns it)
             advancing = advancing.repartition(target_num_rows_per_block=stage.actor.batch_size)
             advancing = advancing.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import sys
 import threading
 from collections.abc import Iterator
@@ -49,7 +50,11 @@ def quiet_ray_data_console() -> None:
 
 @contextmanager
 def known_lines_dropped() -> Iterator[None]:
-    """File descriptor 2 through a pipe whose lines are copied back, less DROPPED_LINES."""
+    """File descriptor 2 through a pipe whose lines are copied back, less DROPPED_LINES.
+
+    The copier writes to a descriptor of its own, so it may outlive the block: processes
+    started inside it (a local Ray's) inherit the pipe and keep writing to it. A partial line
+    is passed on once nothing more came for FLUSH_S (a progress bar, a message before a crash)."""
     try:
         original = os.dup(2)
         read_end, write_end = os.pipe()
@@ -59,29 +64,50 @@ def known_lines_dropped() -> Iterator[None]:
     sys.stderr.flush()
     os.dup2(write_end, 2)
     os.close(write_end)
-    copier = threading.Thread(target=_copy_lines, args=(read_end, original), daemon=True)
+    copier = threading.Thread(target=_copy_lines, args=(read_end, os.dup(original)), daemon=True)
     copier.start()
     try:
         yield
     finally:
         sys.stderr.flush()
-        os.dup2(original, 2)  # (closes the pipe's last write end: the copier reads to its end)
-        copier.join(timeout=10)
-        os.close(original)
+        os.dup2(original, 2)  # (the pipe's last write end here: the copier reads to its end, unless
+        os.close(original)  # a child still holds one; it then goes on copying what that child writes)
+        copier.join(timeout=2)
+
+
+FLUSH_S = 0.2
 
 
 def _copy_lines(read_end: int, dest: int) -> None:
-    with os.fdopen(read_end, "rb", buffering=0) as pipe:
-        pending = b""
-        while chunk := pipe.read(65536):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
+    """Copy until the pipe's end; after a failed write keep draining it (a writer to a full
+    pipe would block for ever), dropping what it reads."""
+    pending, broken = b"", False
+    try:
+        while True:
+            ready, _, _ = select.select([read_end], [], [], FLUSH_S)
+            if not ready:
+                pending, broken = _emit(dest, pending, broken)
+                continue
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
             kept = b"".join(line + b"\n" for line in lines if not any(d in line for d in DROPPED_LINES))
-            _write_all(dest, kept)
-        _write_all(dest, pending)
+            _, broken = _emit(dest, kept, broken)
+        _emit(dest, pending, broken)
+    finally:
+        os.close(read_end)
+        os.close(dest)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _emit(fd: int, data: bytes, broken: bool) -> tuple[bytes, bool]:
+    """Write `data` (unless an earlier write failed); what is left to hold back, and whether broken."""
+    if broken or not data:
+        return b"", broken
     view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:  # (a closed terminal or pipe: nothing more can be shown)
+        return b"", True
+    return b"", False

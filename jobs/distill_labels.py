@@ -111,7 +111,8 @@ class DistillJob(Job[Labelled]):
         return [[t.actor for t in self.cfg.teachers]]  # (the teachers' pools run together)
 
     def scorers(self, run: Run) -> list[Scorer]:
-        return [Scorer(t.column, t.reranker, t.actor, ref, self.canary(run, t.column), self.gates.max_nan_share)
+        return [Scorer(t.column, t.reranker, t.actor, ref, self.canary(run, t.column), self.gates.max_nan_share,
+                       self.gates.mode == "warn")
                 for t, ref in zip(self.cfg.teachers, run.lookups, strict=True)]
 
     def score_columns(self) -> list[str]:

@@ -81,7 +81,8 @@ class RerankJob(Job[Ranked]):
 
     def scorers(self, run: Run) -> list[Scorer]:
         canaries = self.canary(run, self.score_columns()[0])
-        return [Scorer(SCORE, self.cfg.reranker, self.cfg.actor, run.lookups[0], canaries, self.gates.max_nan_share)]
+        return [Scorer(SCORE, self.cfg.reranker, self.cfg.actor, run.lookups[0], canaries, self.gates.max_nan_share,
+                       self.gates.mode == "warn")]
 
     def score_columns(self) -> list[str]:
         """`score` for one stage; a cascade's canaries name each stage (stage<i>_score)."""

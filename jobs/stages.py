@@ -100,13 +100,14 @@ class Scorer:
     cache: Any = None  # the jobs.cache_shards.ShardedIndex to look pairs up in, or None
     canaries: dict[str, Any] | None = None  # reranker_actors.canaries.Canaries' fields, checked at start
     max_nan_share: float = 0.0  # gates.max_nan_share
+    gates_warn: bool = False  # gates.mode warn: a moved canary or a NaN score is reported, not fatal
 
     def constructor_kwargs(self, on_invalid: str, keep_texts: bool) -> dict[str, Any]:
         return {"reranker": self.reranker.model_dump(), "expect_gpu": self.actor.num_gpus > 0,
                 "threads": self.actor.threads or max(1, round(self.actor.num_cpus)), "on_invalid": on_invalid,
                 "score_column": self.column, "keep_texts": keep_texts, "cache": self.cache,
                 "max_restarts": self.actor.max_restarts, "canaries": self.canaries,
-                "max_nan_share": self.max_nan_share}
+                "max_nan_share": self.max_nan_share, "gates_warn": self.gates_warn}
 
 
 def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], checkpoints: Checkpoints,

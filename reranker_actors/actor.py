@@ -100,12 +100,14 @@ class ScoreActor:
 
     def __init__(self, reranker: dict[str, Any], expect_gpu: bool, threads: int, on_invalid: str,
                  score_column: str = SCORE, keep_texts: bool = False, cache: KeyLookup | None = None,
-                 max_restarts: int = 3, canaries: dict[str, Any] | None = None, max_nan_share: float = 0.0) -> None:
+                 max_restarts: int = 3, canaries: dict[str, Any] | None = None, max_nan_share: float = 0.0,
+                 gates_warn: bool = False) -> None:
         """`cache`: where to look scores up by pair key (a CacheIndex, or the job's shards of
         one), or None. `max_restarts`: how often Ray may restart this actor after it died
         before it refuses to work. `canaries`: the fields of a Canaries, checked once the model
         has loaded. `max_nan_share`: 0 stops the job at the first NaN or infinite score; above
-        0 such pairs are quarantined (the job's gate then checks their share)."""
+        0 such pairs are quarantined (the job's gate then checks their share). `gates_warn`
+        (gates.mode warn): a moved canary is logged and NaN scores quarantined, never fatal."""
         began = time.time()
         import torch
 
@@ -115,7 +117,7 @@ class ScoreActor:
         self.faults = Faults.from_env()
         self.failed: UserError | None = None
         self.cache = cache
-        self.max_nan_share = max_nan_share
+        self.max_nan_share, self.gates_warn = max_nan_share, gates_warn
         try:
             check_restarts(reranker.get("model", ""), max_restarts)
             self.device = pick_device(expect_gpu)
@@ -126,13 +128,21 @@ class ScoreActor:
                   f"{self.reranker.attention} attention): process up {began - _process_start():.1f} s, "
                   f"torch import {imported - began:.1f} s, model load {time.time() - imported:.1f} s", flush=True)
             if canaries:
-                Canaries(**canaries).check(self.reranker, score_column)
+                self._check_canaries(Canaries(**canaries), score_column)
         except UserError as e:
             # Raised from __init__, Ray reports only "actor died" (and retries the load);
             # raised from the first call, the job shows this message and stops.
             self.failed = e
         if self.faults:
             self.faults.started(reranker.get("model", ""))
+
+    def _check_canaries(self, canaries: Canaries, column: str) -> None:
+        try:
+            canaries.check(self.reranker, column)
+        except GateFailure as e:
+            if not self.gates_warn:
+                raise
+            print(f"batch-rerank actor: gates.mode warn, scoring anyway: {e}", flush=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.failed is not None:
@@ -229,7 +239,7 @@ class ScoreActor:
         bad = ~np.isfinite(rows.scores) & rows.valid
         if not bad.any():
             return
-        if self.max_nan_share == 0 or bad.sum() > MAX_FAILING_SHARE * scored:
+        if not self.gates_warn and (self.max_nan_share == 0 or bad.sum() > MAX_FAILING_SHARE * scored):
             raise GateFailure(self._nan_message(batch, bad))
         for i in np.flatnonzero(bad):
             rows.valid[i], rows.reasons[i] = False, f"{NON_FINITE} ({rows.scores[i]})"

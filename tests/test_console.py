@@ -3,9 +3,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
+
+from jobs.console import FLUSH_S, known_lines_dropped
 from tests.conftest import SAMPLE, job_config, write_config
 from tests.ray_head import driver, finish
 
@@ -32,3 +38,19 @@ def test_a_user_error_in_an_actor_prints_its_one_line_and_exit_status_2(tmp_path
     assert "Traceback" not in log and "Full stack trace" not in log, log
     assert "issues/53727" not in log and "constructor arguments in the object store" not in log, log
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_the_stderr_filter_drops_only_the_known_line_and_outlives_its_block(capfd: pytest.CaptureFixture) -> None:
+    with known_lines_dropped():
+        os.write(2, b"kept 1\n[2026-12-04 E 1 1] core_worker.cc:2465: Actor ... See "
+                    b"https://github.com/ray-project/ray/issues/53727 for more details.\nkept 2\n")
+        os.write(2, b"a progress bar\r")
+        time.sleep(3 * FLUSH_S)  # (a partial line is passed on once nothing more comes)
+        assert capfd.readouterr().err == "kept 1\nkept 2\na progress bar\r"
+        child = subprocess.Popen(["sh", "-c", "sleep 0.5; echo from a child >&2"])  # (inherits the pipe)
+    started = time.monotonic()
+    child.wait()
+    time.sleep(3 * FLUSH_S)
+    assert capfd.readouterr().err == "from a child\n" and time.monotonic() - started < 5
+    os.write(2, b"after\n")  # (fd 2 is the original again)
+    assert capfd.readouterr().err == "after\n"

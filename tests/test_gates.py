@@ -117,11 +117,13 @@ def test_an_actor_whose_canaries_moved_fails_before_its_first_batch(tiny_bert_di
     actor = ScoreActor(cfg, expect_gpu=False, threads=1, on_invalid="error", canaries=moved)
     with pytest.raises(GateFailure, match=r"(?s)1 of 2 canary pair\(s\) in c.parquet .*canary row 1: recorded"):
         actor(rows)
+    warned = ScoreActor(cfg, expect_gpu=False, threads=1, on_invalid="error", canaries=moved, gates_warn=True)
+    assert warned(rows).num_rows == 1  # (gates.mode warn: logged, and the run goes on)
 
 
-def nan_actor(tiny_bert_dir: str, max_nan_share: float, bad: int) -> ScoreActor:
+def nan_actor(tiny_bert_dir: str, max_nan_share: float, bad: int, warn: bool = False) -> ScoreActor:
     a = ScoreActor({"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32", "max_length": 64},
-                   expect_gpu=False, threads=1, on_invalid="error", max_nan_share=max_nan_share)
+                   expect_gpu=False, threads=1, on_invalid="error", max_nan_share=max_nan_share, gates_warn=warn)
     score = a.reranker.score
 
     def some_nan(queries: Sequence[str], docs: Sequence[str], instructions: object = None) -> Scores:
@@ -145,6 +147,8 @@ def test_nan_scores_stop_the_run_unless_a_share_is_allowed(tiny_bert_dir: str) -
     assert out["score"].null_count == 2
     with pytest.raises(GateFailure, match="more than half of a batch"):
         nan_actor(tiny_bert_dir, 0.5, 4)(rows)
+    warned = nan_actor(tiny_bert_dir, 0.0, 4, warn=True)(rows)  # (mode warn: quarantined; the job's gate reports)
+    assert warned["score"].null_count == 4 and warned["_skip_reason"].to_pylist()[4:] == [None] * 2
 
 
 def test_a_gate_failure_exits_3_after_the_summary(capsys: pytest.CaptureFixture) -> None:
