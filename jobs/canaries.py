@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs.errors import ConfigError, find_user_error
-from jobs.schema import DOC, DOC_ID, INSTRUCTION, QUERY, QUERY_ID, SCORE
+from jobs.schema import DOC, DOC_ID, INSTRUCTION, QUERY, QUERY_ID
 from reranker_actors.canaries import Canaries
 
 TEXT_COLUMNS = ("query", "doc")
@@ -96,7 +96,7 @@ def choose(table: pa.Table, final: str, pairs: int) -> pa.Table:
     return table.take(pa.array(picks))
 
 
-def published_scores(output: str, columns: list[str], teachers: list[str] | None) -> pa.Table:
+def published_scores(output: str, columns: list[str], teachers: list[Any] | None) -> pa.Table:
     """(query_id, doc_id, score columns) of up to SAMPLE_ROWS pairs of a published output,
     keeping pairs every one of `columns` scored. Distillation records are flattened."""
     from jobs.output import SUCCESS, OutputDir
@@ -110,7 +110,7 @@ def published_scores(output: str, columns: list[str], teachers: list[str] | None
         nested = sample_rows(out.fs, files, [QUERY_ID, "candidates"], SAMPLE_ROWS // 100)
         flat, parent = pc.list_flatten(nested["candidates"]), pc.list_parent_indices(nested["candidates"])
         table = pa.table({QUERY_ID: nested[QUERY_ID].take(parent), DOC_ID: pc.struct_field(flat, DOC_ID),
-                          **{f"score_{t}": pc.struct_field(flat, t) for t in teachers}})
+                          **{t.column: pc.struct_field(flat, t.name) for t in teachers}})
     else:
         table = sample_rows(out.fs, files, [QUERY_ID, DOC_ID, *columns], SAMPLE_ROWS)
     for c in columns:
@@ -154,22 +154,22 @@ def texts_of(cfg: Any, chosen: pa.Table, scratch: str) -> pa.Table:
 
 def record(cfg: Any, pairs: int) -> pa.Table:
     """The canary table of `cfg`'s published output: texts, optional instruction, score columns."""
-    teachers = [t.name for t in cfg.teachers] if hasattr(cfg, "teachers") else None
-    if teachers:
-        columns = [f"score_{t}" for t in teachers]
-    elif cfg.cascade:
-        columns = [f"stage{i}_score" for i in range(1, len(cfg.cascade) + 2)]
-    else:
-        columns = [SCORE]
+    from jobs.distill_labels import DistillJob
+    from jobs.output import STAGING
+    from jobs.rerank import RerankJob
+
+    teachers = getattr(cfg, "teachers", None)
+    columns = (DistillJob(cfg) if teachers else RerankJob(cfg)).score_columns()
+    final = columns[0] if teachers else columns[-1]  # (a cascade's last stage; distillation: its first teacher)
     scores = published_scores(cfg.output.path, columns, teachers)
-    chosen = choose(scores, columns[-1] if not teachers else columns[0], pairs)
-    texts = texts_of(cfg, chosen, posixpath.join(cfg.output.path, "_staging", "canaries"))
+    chosen = choose(scores, final, pairs)
+    texts = texts_of(cfg, chosen, posixpath.join(cfg.output.path, STAGING, "canaries"))
     table = chosen.join(texts, [QUERY_ID, DOC_ID], join_type="inner")
     if len(table) < len(chosen):
         raise ConfigError(f"input.path {cfg.input.path!r}: {len(chosen) - len(table)} of the chosen pairs of "
                           f"output.path {cfg.output.path!r} are not in the input; record canaries with the "
                           "config of the run that published it")
-    table = table.sort_by([(columns[-1] if not teachers else columns[0], "ascending")])
+    table = table.sort_by([(final, "ascending")])
     out = {"query_id": table[QUERY_ID], "doc_id": table[DOC_ID], "query": table[QUERY], "doc": table[DOC]}
     if INSTRUCTION in table.column_names and table[INSTRUCTION].null_count < len(table):
         out[INSTRUCTION_COLUMN] = table[INSTRUCTION]

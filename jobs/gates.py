@@ -8,14 +8,15 @@ _checkpoints/ for the operator to look at; the same command with gates.mode=warn
 publishes them without rescoring. With mode warn the run publishes and the report says
 which gates failed.
 
-The figures (jobs.gate_stats reads them from the output in one pass, one Ray task a file):
+The figures (jobs.gate_stats reads them from the output in one pass, about two Ray tasks
+per CPU, each a run of part files; the baseline's beside them):
     nan_share       NaN or infinite scores (quarantined) / pairs scored
     score_spread    standard deviation of the scores
     tied_share      pairs whose score equals another candidate's of the same query
     truncated_share pairs the model saw cut to max_length
-    ndcg, ndcg_ratio_to_first_stage   nDCG@eval.k against eval.qrels (jobs.rerank)
-    topk_overlap, top1_changed_share, score_shift (PSI; KS reported)   against gates.baseline
-    teacher_agreement   mean per-query Spearman rho of two teachers' scores (distillation)
+    ndcg@k, ndcg@k / first stage   nDCG@eval.k against eval.qrels (jobs.rerank)
+    topk_overlap, top1_changed_share, score_shift (PSI), score_shift (KS)   against gates.baseline
+    teacher_agreement (a, b)   mean per-query Spearman rho of two teachers' scores (distillation)
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from jobs.errors import GateFailure, InputError
 from jobs.evaluate import Qrels, load_qrels, mean
 from jobs.gates import REFUSED, GateResults, refusal, refused_marker
 from jobs.inputs import Inputs, discover
-from jobs.output import QUARANTINE, OutputDir, commit_run, stage_reports
+from jobs.output import QUARANTINE, STAGING, OutputDir, commit_run, stage_reports
 from jobs.quarantine import write_quarantine
 from jobs.ray_runtime import check_pool_fits, ray_session
 from jobs.run_inputs import convert_runs, converted_dir
@@ -253,7 +253,8 @@ class Refused(GateFailure):
 
 def _refuse(run: Run, gates: GateResults, summary: RunSummary, html: str) -> Refused:
     """Keep the refused run's staging (ranked output, quarantine, reports, a _REFUSED marker)."""
-    stage_reports(run.out, summary.to_dict(), summary.render(), html)
+    text = summary.render()
+    stage_reports(run.out, summary.to_dict(), text, html)
     run.out.fs.pipe_file(run.out.staging(REFUSED), refused_marker(gates))
-    failure = refusal(gates, run.out.url, run.out.path("_staging", run.out.run_id), run.checkpoints.root)
-    return Refused(str(failure), summary.render())
+    failure = refusal(gates, run.out.url, run.out.path(STAGING, run.out.run_id), run.checkpoints.root)
+    return Refused(str(failure), text)
