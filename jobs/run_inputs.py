@@ -33,7 +33,7 @@ from jobs.config import InputColumns, InputConfig
 from jobs.errors import InputError
 from jobs.inputs import InputFile, Inputs, Listed, list_files, parquet_inputs, raise_all, read_footer, try_footer
 from jobs.schema import LINE
-from jobs.text_formats import read_run_text, run_format
+from jobs.text_formats import has_content, read_run_text, run_format
 
 TEXT_FORMATS = (".jsonl", ".tsv")
 GZ = tuple(f"{s}.gz" for s in TEXT_FORMATS)
@@ -141,11 +141,11 @@ def _source(key: str, spec: str | list[str], id_column: str, text_column: str, t
         elif not path.endswith(TEXT_FORMATS + GZ):
             errors.append(f"{key} {url!r}: unknown format; accepted: .parquet, .jsonl (BEIR), .tsv (id<TAB>text), "
                           "each optionally .gz")
-        else:
-            rows += listed.fs.size(path) > 0
+        elif not rows:  # (one text file with a line is enough: the rest are read by the job)
+            rows += bool(listed.fs.size(path)) and has_content(listed.fs, path, url)
     raise_all(errors)
     if not rows:
-        raise InputError(f"{key} {spec!r}: holds no {what} (the files are empty)")
+        raise InputError(f"{key} {spec!r}: holds no {what} (the files are empty or hold only blank lines)")
     return source
 
 

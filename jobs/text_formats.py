@@ -144,6 +144,12 @@ def _blocks(fs: fsspec.AbstractFileSystem, path: str, url: str) -> Iterator[_Blo
         raise InputError(f"{url}: no such file") from e
 
 
+def has_content(fs: fsspec.AbstractFileSystem, path: str, url: str) -> bool:
+    """Whether the file holds anything but whitespace (a .gz file decompressed), reading no
+    further than its first non-blank block."""
+    return any(block.data.strip() for block in _blocks(fs, path, url))
+
+
 def _split_blocks(f: BinaryIO, url: str) -> Iterator[_Block]:
     line = 1
     while True:

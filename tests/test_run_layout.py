@@ -106,6 +106,15 @@ def test_a_missing_or_empty_corpus_or_queries_is_an_error_before_any_work(tmp_pa
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(InputError, match=r"input.corpus .*empty.jsonl.*holds no documents"):
         discover(cfg.input.model_copy(update={"corpus": str(tmp_path / "empty.jsonl")}))
+    import gzip
+
+    (tmp_path / "blank.tsv").write_text("\n  \n\t\n")
+    with gzip.open(tmp_path / "empty.tsv.gz", "wb"):
+        pass
+    for name in ("blank.tsv", "empty.tsv.gz"):
+        with pytest.raises(InputError, match=rf"input.corpus .*{name}.*holds no documents \(the files are empty or "
+                                             r"hold only blank lines\)"):
+            discover(cfg.input.model_copy(update={"corpus": str(tmp_path / name)}))
     pq.write_table(pa.table({"query_id": pa.array([], pa.string()), "query": pa.array([], pa.string())}),
                    tmp_path / "q.parquet")
     with pytest.raises(InputError, match=r"input.queries .*q.parquet.*holds no queries"):

@@ -110,3 +110,22 @@ def test_the_tokenizer_json_truncation_settings_are_ignored(hf, minilm_dir: str)
     enc = TextEncoder(hf, max_length=256, query_cap=192)
     out = enc.encode_pairs(["q"], [words(400)])
     assert len(out.ids[0]) == 256
+
+
+def test_pairs_equal_longest_first_truncation_wherever_the_two_policies_agree(hf) -> None:
+    # The tokenizer's longest_first (sentence-transformers' `truncation=True`) trims the longer
+    # text a token at a time. With the query under its cap it trims only the document, as the
+    # encoder does; with both texts long it leaves each half the room, as a query cap of half
+    # the room does. CJK and mixed scripts included.
+    specials = TextEncoder(hf, max_length=MAX, query_cap=1).pair.num_special
+    room = MAX - specials
+    cases = [(TextEncoder(hf, max_length=MAX, query_cap=MAX * 3 // 4), "边界层 drag of a sphere", words(300)),
+             (TextEncoder(hf, max_length=MAX, query_cap=room // 2), words(300, "mach"), words(300, "flow")),
+             (TextEncoder(hf, max_length=MAX, query_cap=room // 2), "湍流 " * 200, "边界层的 传热 " * 200)]
+    for enc, query, doc in cases:
+        out = enc.encode_pairs([query], [doc])
+        ref = hf(query, doc, truncation="longest_first", max_length=MAX)
+        assert out.ids[0] == ref["input_ids"] and len(out.ids[0]) == MAX
+        if "token_type_ids" in ref:
+            assert out.type_ids[0] == ref["token_type_ids"]
+        assert out.cut == [True]
