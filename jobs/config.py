@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobs.errors import ConfigError
 from jobs.schema import OUTPUT_COLUMNS
+from reranker_actors.columns import PASSAGE_COLUMNS
+from reranker_actors.passage_config import PassageConfig
 from reranker_actors.registry import BACKENDS, AnyRerankerConfig, backends_that, unknown_backend_message, unsupported
 
 M = TypeVar("M", bound=BaseModel)
@@ -169,6 +171,8 @@ DRIFT_GATES = ("min_topk_overlap", "max_top1_changed_share", "max_score_shift")
 class JobConfig(Section):
     input: InputConfig
     reranker: AnyRerankerConfig
+    passages: PassageConfig | None = Field(None, description="Score long documents as passages and aggregate "
+                                           "(every stage alike); unset: each document is cut to max_length.")
     actor: ActorConfig = ActorConfig()
     cascade: list[StageConfig] = Field(default_factory=list, description="Stages 2, 3, ... after `reranker`.")
     rank: RankConfig = RankConfig()
@@ -178,10 +182,43 @@ class JobConfig(Section):
     gates: GatesConfig = GatesConfig()
     ray: RayConfig = RayConfig()
 
+    @model_validator(mode="after")
+    def _passages_everywhere(self) -> JobConfig:
+        self.reranker = with_passages(self.reranker, self.passages, "reranker")
+        for i, stage in enumerate(self.cascade):
+            stage.reranker = with_passages(stage.reranker, self.passages, f"cascade.{i}.reranker")
+        return self
+
     def stages(self) -> list[tuple[str, StageConfig]]:
         """Every scoring stage with the config key it comes from; stage 1 has top_n 0 (all)."""
         first = StageConfig.model_construct(top_n=0, reranker=self.reranker, actor=self.actor)
         return [("", first)] + [(f"cascade.{i}.", s) for i, s in enumerate(self.cascade)]
+
+
+def with_passages(reranker: Any, passages: PassageConfig | None, key: str) -> Any:
+    """The reranker config with the job's top-level passages (which apply to every model)."""
+    if reranker.passages is not None and reranker.passages != passages:  # (equal: validated before)
+        raise ValueError(f"{key}.passages: set `passages:` at the top level of the config; it applies to every "
+                         "model of the job")
+    return reranker.model_copy(update={"passages": passages}) if passages is not None else reranker
+
+
+def passage_checks(passages: PassageConfig | None, rerankers: list[tuple[str, Any]], cache: CacheConfig,
+                   extra_columns: list[str], several: str | None) -> list[str]:
+    """What passages need of the models and the rest of the job (the tokenizer's own checks run
+    when an actor starts). `several`: the key of further stages, which do not take passages yet."""
+    if passages is None:
+        return []
+    errors = [f"passages.length ({passages.length}) must be below {key}reranker.max_length "
+              f"({reranker.max_length}), which also holds the query and special tokens"
+              for key, reranker in rerankers if passages.length >= reranker.max_length]
+    if cache.path:
+        errors.append("passages: the score cache does not keep passage columns yet; unset cache.path")
+    if several:
+        errors.append(f"passages: {several} does not take passages yet; score passages in a single-stage job")
+    errors += [f"input.extra_columns: {name!r} collides with a passage column ({', '.join(PASSAGE_COLUMNS)}); "
+               "rename it in the input" for name in extra_columns if name in PASSAGE_COLUMNS]
+    return errors
 
 
 def stage_checks(key: str, reranker: Any, actor: ActorConfig) -> list[str]:
@@ -213,6 +250,8 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
                           "a stage only sees what the previous stage passed on")
     errors += instruction_checks(cfg.input, [stage.reranker for _, stage in cfg.stages()])
     errors += layout_checks(cfg.input) + gate_checks(cfg)
+    errors += passage_checks(cfg.passages, [(k, s.reranker) for k, s in cfg.stages()], cfg.cache,
+                             cfg.input.extra_columns, "cascade" if cfg.cascade else None)
     for name in cfg.input.extra_columns:
         if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith(("_", "stage")):
             errors.append(

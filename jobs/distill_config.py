@@ -19,10 +19,13 @@ from jobs.config import (
     instruction_checks,
     layout_checks,
     load_yaml,
+    passage_checks,
     stage_checks,
+    with_passages,
 )
 from jobs.errors import ConfigError
 from jobs.labels import LabelsConfig, Teacher, check_teachers
+from reranker_actors.passage_config import PassageConfig
 from reranker_actors.registry import AnyRerankerConfig, family
 
 
@@ -67,9 +70,17 @@ class DistillConfig(Section):
                               "positives come from it.")
     formats: FormatsConfig = FormatsConfig()
     output: OutputConfig
+    passages: PassageConfig | None = Field(None, description="Score long documents as passages and aggregate "
+                                           "(every teacher alike); unset: each document is cut to max_length.")
     cache: CacheConfig = CacheConfig()
     gates: DistillGates = DistillGates()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _passages_everywhere(self) -> DistillConfig:
+        for i, t in enumerate(self.teachers):
+            t.reranker = with_passages(t.reranker, self.passages, f"teachers.{i}.reranker")
+        return self
 
     def teacher_specs(self) -> list[Teacher]:
         return [Teacher(t.name, t.column, t.weight, family(t.reranker.backend).score_kind(t.reranker.activation))
@@ -84,6 +95,8 @@ def _cross_checks(cfg: DistillConfig) -> list[str]:
         errors.append(str(e))
     if cfg.gates.min_teacher_agreement is not None and len(cfg.teachers) < 2:
         errors.append("gates.min_teacher_agreement: needs at least two teachers")
+    errors += passage_checks(cfg.passages, [(f"teachers.{i}.", t.reranker) for i, t in enumerate(cfg.teachers)],
+                             cfg.cache, [], None)
     return errors + instruction_checks(cfg.input, [t.reranker for t in cfg.teachers]) + layout_checks(cfg.input)
 
 

@@ -82,7 +82,7 @@ class RerankJob(Job[Ranked]):
     def scorers(self, run: Run) -> list[Scorer]:
         canaries = self.canary(run, self.score_columns()[0])
         return [Scorer(SCORE, self.cfg.reranker, self.cfg.actor, run.lookups[0], canaries, self.gates.max_nan_share,
-                       self.gates.mode == "warn")]
+                       self.gates.mode == "warn", passage_columns=self.cfg.passages is not None)]
 
     def score_columns(self) -> list[str]:
         """`score` for one stage; a cascade's canaries name each stage (stage<i>_score)."""

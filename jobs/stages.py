@@ -42,6 +42,7 @@ from jobs.text_join import join_texts
 from jobs.units import Unit, UnitDatasource, plan_units
 from reranker_actors.actor import ScoreActor
 from reranker_actors.base import RerankerConfig
+from reranker_actors.columns import PASSAGE_COLUMNS
 
 ROWS_PER_RANK_PARTITION = 1_000_000  # pairs per partition of a groupby(query_id) shuffle
 
@@ -101,13 +102,15 @@ class Scorer:
     canaries: dict[str, Any] | None = None  # reranker_actors.canaries.Canaries' fields, checked at start
     max_nan_share: float = 0.0  # gates.max_nan_share
     gates_warn: bool = False  # gates.mode warn: a moved canary or a NaN score is reported, not fatal
+    passage_columns: bool = False  # add passages, best_passage, best_passage_chars (the rerank job's scorer)
 
     def constructor_kwargs(self, on_invalid: str, keep_texts: bool) -> dict[str, Any]:
         return {"reranker": self.reranker.model_dump(), "expect_gpu": self.actor.num_gpus > 0,
                 "threads": self.actor.threads or max(1, round(self.actor.num_cpus)), "on_invalid": on_invalid,
                 "score_column": self.column, "keep_texts": keep_texts, "cache": self.cache,
                 "max_restarts": self.actor.max_restarts, "canaries": self.canaries,
-                "max_nan_share": self.max_nan_share, "gates_warn": self.gates_warn}
+                "max_nan_share": self.max_nan_share, "gates_warn": self.gates_warn,
+                "passage_columns": self.passage_columns}
 
 
 def score_pairs(inputs: Inputs, input_cfg: InputConfig, scorers: list[Scorer], checkpoints: Checkpoints,
@@ -268,7 +271,7 @@ def rank_pairs(cfg: JobConfig, scored: list[FileParts], dest: str, fs: fsspec.Ab
                num_pairs: int, by_file: bool) -> None:
     ranker = Ranker(
         model=cfg.reranker.model, top_k=cfg.rank.top_k, on_duplicate=cfg.input.on_duplicate,
-        extra_columns=tuple(cfg.input.extra_columns),
+        extra_columns=tuple(cfg.input.extra_columns) + (PASSAGE_COLUMNS if cfg.passages else ()),
     )
     map_queries(scored, rank_valid, {"ranker": ranker}, dest, fs, num_pairs, by_file)
 

@@ -11,17 +11,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from reranker_actors.base import Scores
+from reranker_actors.base import PassageScores, Scores, concat_scores
 from reranker_actors.cache_keys import KeyLookup, pair_keys
 from reranker_actors.canaries import Canaries
 from reranker_actors.columns import (
     ATTENTION,
     BATCH_END,
     BATCH_START,
+    BEST_PASSAGE,
+    BEST_PASSAGE_CHARS,
     DOC,
     DOC_ID,
     DTYPE,
     INSTRUCTION,
+    PASSAGES,
     QUERY,
     QUERY_ID,
     SCORE,
@@ -55,13 +58,23 @@ class _Rows:
     scores: np.ndarray  # float32
     hit: np.ndarray  # bool: the score came from the cache
     truncated: np.ndarray  # bool: the model saw the pair cut to max_length
+    passages: np.ndarray  # int32: passages scored (with passages)
+    best: np.ndarray  # int32: the best passage
+    chars: np.ndarray  # int32 (n, 2): its [start, end) characters
 
     @classmethod
     def of(cls, batch: pa.Table) -> _Rows:
         n = len(batch)
         return cls(pc.is_null(batch[SKIP_REASON]).to_numpy(zero_copy_only=False).copy(),
                    batch[SKIP_REASON].to_pylist(), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=bool),
-                   np.zeros(n, dtype=bool))
+                   np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32),
+                   np.zeros((n, 2), dtype=np.int32))
+
+    def take(self, rows: np.ndarray, scores: Scores | PassageScores) -> None:
+        """Record the scores of `rows`."""
+        self.scores[rows], self.truncated[rows] = scores.values, scores.truncated
+        if isinstance(scores, PassageScores):
+            self.passages[rows], self.best[rows], self.chars[rows] = scores.passages, scores.best, scores.chars
 
 
 def _merge(table: pa.Table, name: str, new: pa.Array, combine: Callable[[Any, Any], Any]) -> pa.Table:
@@ -101,13 +114,14 @@ class ScoreActor:
     def __init__(self, reranker: dict[str, Any], expect_gpu: bool, threads: int, on_invalid: str,
                  score_column: str = SCORE, keep_texts: bool = False, cache: KeyLookup | None = None,
                  max_restarts: int = 3, canaries: dict[str, Any] | None = None, max_nan_share: float = 0.0,
-                 gates_warn: bool = False) -> None:
+                 gates_warn: bool = False, passage_columns: bool = False) -> None:
         """`cache`: where to look scores up by pair key (a CacheIndex, or the job's shards of
         one), or None. `max_restarts`: how often Ray may restart this actor after it died
         before it refuses to work. `canaries`: the fields of a Canaries, checked once the model
         has loaded. `max_nan_share`: 0 stops the job at the first NaN or infinite score; above
         0 such pairs are quarantined (the job's gate then checks their share). `gates_warn`
-        (gates.mode warn): a moved canary is logged and NaN scores quarantined, never fatal."""
+        (gates.mode warn): a moved canary is logged and NaN scores quarantined, never fatal.
+        `passage_columns`: add passages, best_passage and best_passage_chars (reranker.passages)."""
         began = time.time()
         import torch
 
@@ -118,6 +132,7 @@ class ScoreActor:
         self.failed: UserError | None = None
         self.cache = cache
         self.max_nan_share, self.gates_warn = max_nan_share, gates_warn
+        self.passage_columns = passage_columns
         try:
             check_restarts(reranker.get("model", ""), max_restarts)
             self.device = pick_device(expect_gpu)
@@ -178,22 +193,38 @@ class ScoreActor:
         failed: dict[int, str] = {}
         if len(todo):
             scores = self._isolating(batch, todo, failed)
-            rows.scores[todo], rows.truncated[todo] = scores.values, scores.truncated
+            rows.take(todo, scores)
+            if isinstance(scores, PassageScores):
+                self._unscorable(batch, rows, todo, scores.invalid)
             if self.faults:
                 self.faults.scored(len(todo))
         return failed
 
-    def _scores_of(self, batch: pa.Table, rows: np.ndarray) -> Scores:
+    def _unscorable(self, batch: pa.Table, rows: _Rows, todo: np.ndarray, reasons: list[str | None]) -> None:
+        """Pairs the reranker found invalid as it encoded them (passages: no room beside the
+        prompt): an error listing them, or quarantined under on_invalid: skip."""
+        bad = [(int(todo[j]), why) for j, why in enumerate(reasons) if why]
+        if not bad:
+            return
+        if self.on_invalid != "skip":
+            listed = [f"(query_id={batch[QUERY_ID][i].as_py()!r}, doc_id={batch[DOC_ID][i].as_py()!r}): {why}"
+                      for i, why in bad[:MAX_LISTED]]
+            raise InputError(f"{len(bad)} invalid pair(s) (showing up to {MAX_LISTED}):\n  - " + "\n  - ".join(listed)
+                             + "\nFix the input, or set input.on_invalid: skip to drop such pairs and count them.")
+        for i, why in bad:
+            rows.valid[i], rows.reasons[i] = False, why
+
+    def _scores_of(self, batch: pa.Table, rows: np.ndarray) -> Scores | PassageScores:
         part = batch.take(pa.array(rows))
         if self.faults:
             self.faults.check_rows(part[DOC_ID].to_pylist())
         instructions = part[INSTRUCTION].to_pylist() if INSTRUCTION in part.column_names else None
         scores = self.reranker.score(part[QUERY].to_pylist(), part[DOC].to_pylist(), instructions)
         if self.faults:
-            return Scores(self.faults.poison(part[DOC_ID].to_pylist(), scores.values), scores.truncated)
+            return scores._replace(values=self.faults.poison(part[DOC_ID].to_pylist(), scores.values))
         return scores
 
-    def _isolating(self, batch: pa.Table, rows: np.ndarray, errors: dict[int, str]) -> Scores:
+    def _isolating(self, batch: pa.Table, rows: np.ndarray, errors: dict[int, str]) -> Scores | PassageScores:
         """Scores of `rows`; rows that fail alone go into `errors` (score NaN), by bisection."""
         import torch
 
@@ -204,11 +235,14 @@ class ScoreActor:
         except Exception as e:  # noqa: BLE001 - isolated below, or re-raised if systemic
             if len(rows) == 1:
                 errors[int(rows[0])] = self._reason(e, batch, int(rows[0]))
-                return Scores(np.full(1, np.nan, dtype=np.float32), np.zeros(1, dtype=bool))
+                nan, no = np.full(1, np.nan, dtype=np.float32), np.zeros(1, dtype=bool)
+                if self.reranker.config.passages is None:
+                    return Scores(nan, no)
+                zero = np.zeros(1, dtype=np.int32)
+                return PassageScores(nan, no, zero, zero, np.zeros((1, 2), np.int32), [None])
             half = len(rows) // 2
-            first, second = self._isolating(batch, rows[:half], errors), self._isolating(batch, rows[half:], errors)
-            return Scores(np.concatenate([first.values, second.values]),
-                          np.concatenate([first.truncated, second.truncated]))
+            return concat_scores([self._isolating(batch, rows[:half], errors),
+                                  self._isolating(batch, rows[half:], errors)])
 
     @staticmethod
     def _reason(e: Exception, batch: pa.Table, row: int) -> str:
@@ -266,6 +300,13 @@ class ScoreActor:
             keys = pc.if_else(pa.array(rows.valid), keys, pa.scalar(None, keys.type))  # (the next run's cache)
             out = (out.append_column(cache_key_column(self.score_column), keys)
                    .append_column(cache_hit_column(self.score_column), pa.array(rows.hit)))
+        if self.passage_columns:
+            invalid = ~rows.valid
+            chars = pa.StructArray.from_arrays([pa.array(rows.chars[:, 0]), pa.array(rows.chars[:, 1])],
+                                               names=["start", "end"], mask=pa.array(invalid))
+            out = (out.append_column(PASSAGES, pa.array(rows.passages, mask=invalid))
+                   .append_column(BEST_PASSAGE, pa.array(rows.best, mask=invalid))
+                   .append_column(BEST_PASSAGE_CHARS, chars))
         # Chained scorers (distillation teachers) each add to these instead of replacing them.
         out = _merge(out, DTYPE, pa.array([self.dtype] * n, pa.string()), _join)
         out = _merge(out, ATTENTION, pa.array([self.reranker.attention] * n, pa.string()), _join)

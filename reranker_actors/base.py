@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reranker_actors.passage_config import PassageConfig
+
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Default token budgets per forward pass: on a CPU a small budget keeps the working set in
@@ -66,6 +68,8 @@ class RerankerConfig(BaseModel):
         False, description="torch.compile the model (dynamic shapes): faster steady state, a slower "
         "start per actor; needs a C++ compiler on CPU, Triton on CUDA."
     )
+    passages: PassageConfig | None = Field(
+        None, description="Set from the job's top-level `passages:` (every stage and teacher alike).")
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -101,6 +105,24 @@ class Scores(NamedTuple):
 
     values: np.ndarray  # float32 scores
     truncated: np.ndarray  # bool: the pair's query or doc was cut to fit max_length
+
+
+class PassageScores(NamedTuple):
+    """Scores with passages (reranker_actors.passages): Scores' fields, and per pair more."""
+
+    values: np.ndarray  # float32: the aggregate, activated
+    truncated: np.ndarray  # bool: the query was cut, or max_per_doc left passages out
+    passages: np.ndarray  # int32: passages scored
+    best: np.ndarray  # int32: the best passage's index
+    chars: np.ndarray  # int32 (n, 2): its [start, end) characters in the document
+    invalid: list[str | None]  # why a pair could not be scored (its score is NaN), else None
+
+
+def concat_scores(parts: Sequence[Scores | PassageScores]) -> Scores | PassageScores:
+    """The scores of consecutive row ranges, as one."""
+    kind = type(parts[0])
+    return kind(*([x for p in parts for x in getattr(p, name)] if name == "invalid"
+                  else np.concatenate([getattr(p, name) for p in parts]) for name in kind._fields))
 
 
 class Reranker(ABC):
@@ -140,8 +162,9 @@ class Reranker(ABC):
 
     @abstractmethod
     def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Scores:
-        """Scores of the pairs, in input order, and which pairs were truncated.
+              instructions: Sequence[str | None] | None = None) -> Scores | PassageScores:
+        """Scores of the pairs, in input order, and which pairs were truncated (with
+        config.passages: PassageScores).
 
         `instructions` (per pair, None/empty = the configured default) is used by the
         families that take a task instruction; the others ignore it.

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
+from reranker_actors.base import PassageScores, RerankerConfig, Scores, activate, inference_mode
 from reranker_actors.batching import to_device, token_budget_batches
 from reranker_actors.cross_encoder import MINILM_L6
 from reranker_actors.hf import HFReranker
+from reranker_actors.passage_config import PassageConfig
+from reranker_actors.passages import aggregated
 from reranker_actors.tokenization import Encoded
 
 if TYPE_CHECKING:
@@ -52,15 +54,25 @@ class BiEncoderReranker(HFReranker):
             out[to_device(idx, self.device)] = F.normalize(pooled, dim=-1)  # (on the device: one sync per call)
         return out
 
+    def check_passages(self, passages: PassageConfig) -> None:
+        self.encoder.check_passages(passages, pairs=False)
+
     @inference_mode
     def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Scores:
+              instructions: Sequence[str | None] | None = None) -> Scores | PassageScores:
 
         unique = list(dict.fromkeys(queries))
         position = {q: i for i, q in enumerate(unique)}
         q_enc = self.encoder.encode_queries(unique)
-        d_enc = self.encoder.encode_texts(docs, self.config.max_length)
         which = np.array([position[q] for q in queries], dtype=np.int64)
-        truncated = np.array(q_enc.cut, dtype=bool)[which] | np.array(d_enc.cut, dtype=bool)
-        scores = (self._embed(q_enc)[to_device(which, self.device)] * self._embed(d_enc)).sum(-1)
-        return Scores(activate(scores.cpu().numpy(), self.config.activation), truncated)
+        q_cut = np.array(q_enc.cut, dtype=bool)[which]
+        passages = self.config.passages
+        if passages is not None:  # (each passage embedded alone, as a short document would be)
+            d_enc, layout, _ = self.encoder.encode_passages(queries, docs, passages, pairs=False)
+            which = which[layout.owner]
+        else:
+            d_enc = self.encoder.encode_texts(docs, self.config.max_length)
+        scores = (self._embed(q_enc)[to_device(which, self.device)] * self._embed(d_enc)).sum(-1).cpu().numpy()
+        if passages is not None:
+            return aggregated(scores, layout, passages, self.config.activation, q_cut)
+        return Scores(activate(scores, self.config.activation), q_cut | np.array(d_enc.cut, dtype=bool))

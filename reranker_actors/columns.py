@@ -18,6 +18,9 @@ ATTENTION = "_attention"  # the attention path the actor ran (packed or padded);
 TRUNCATED = "_truncated"  # whether any scorer cut the pair's query or doc to fit max_length
 BATCH_START = "_batch_start"  # wall-clock time the actor began the batch, on its first row only
 BATCH_END = "_batch_end"  # wall-clock time the actor finished the batch, on its first row only
+# With passages (the rerank job's scorer): how many were scored, the best one, its characters.
+PASSAGES, BEST_PASSAGE, BEST_PASSAGE_CHARS = "passages", "best_passage", "best_passage_chars"
+PASSAGE_COLUMNS = (PASSAGES, BEST_PASSAGE, BEST_PASSAGE_CHARS)
 
 KEY_PREFIX, HIT_PREFIX = "_key_", "_hit_"
 

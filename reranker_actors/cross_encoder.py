@@ -6,16 +6,18 @@ Covers AutoModelForSequenceClassification with a single label: the BERT family
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
+from reranker_actors.base import PassageScores, RerankerConfig, Scores, activate, inference_mode
 from reranker_actors.batching import ahead, host_slices, token_budget_batches
 from reranker_actors.errors import ModelError
 from reranker_actors.hf import HFReranker
 from reranker_actors.packing import packed_batches
+from reranker_actors.passages import aggregated
+from reranker_actors.tokenization import Encoded
 
 if TYPE_CHECKING:
     import torch
@@ -58,25 +60,35 @@ class CrossEncoderReranker(HFReranker):
         assert head is not None
         return head(hidden[packed.starts].unsqueeze(1))[:, 0]
 
-    @inference_mode
-    def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Scores:
+    def _forward(self, parts: list[slice], encoded: Iterable[Encoded]) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits of every encoded row (`encoded`: one Encoded per slice of `parts`,
+        produced as they are consumed) and whether each was cut."""
         import torch
 
         rows, logits = [], []  # logits stay on the device: the host never waits mid-call
-        truncated = np.zeros(len(queries), dtype=bool)
-        parts = host_slices(len(queries), self.device)
-        encoded = ahead(lambda part: self.encoder.encode_pairs(queries[part], docs[part]), parts)
+        n = sum(p.stop - p.start for p in parts)
+        cut = np.zeros(n, dtype=bool)
         for part, enc in zip(parts, encoded, strict=True):
-            truncated[part] = enc.cut
+            cut[part] = enc.cut
             batches = packed_batches if self.packed else token_budget_batches
             for idx in batches(enc.lengths, self.max_tokens):
                 logits.append(self._logits(enc, idx))
                 rows.append(idx + part.start)
-        out = np.empty(len(queries), dtype=np.float32)
+        out = np.empty(n, dtype=np.float32)
         if rows:
             out[np.concatenate(rows)] = torch.cat(logits).float().cpu().numpy()
-        return Scores(activate(out, self.config.activation), truncated)
+        return out, cut
+
+    @inference_mode
+    def score(self, queries: Sequence[str], docs: Sequence[str],
+              instructions: Sequence[str | None] | None = None) -> Scores | PassageScores:
+        if self.config.passages is not None:
+            enc, layout, cut = self.encoder.encode_passages(queries, docs, self.config.passages)
+            raw, _ = self._forward([slice(0, len(enc.ids))], [enc])
+            return aggregated(raw, layout, self.config.passages, self.config.activation, cut)
+        parts = host_slices(len(queries), self.device)
+        raw, cut = self._forward(parts, ahead(lambda part: self.encoder.encode_pairs(queries[part], docs[part]), parts))
+        return Scores(activate(raw, self.config.activation), cut)
 
 
 def classification_head(model: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:

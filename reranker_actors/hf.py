@@ -14,6 +14,7 @@ from reranker_actors.device import resolve_dtype
 from reranker_actors.errors import ModelError
 from reranker_actors.model_cache import is_remote, local_copy
 from reranker_actors.packing import Packed, pack, packed_available, use_packed_attention
+from reranker_actors.passage_config import PassageConfig
 from reranker_actors.tokenization import Encoded, TextEncoder
 
 if TYPE_CHECKING:
@@ -141,6 +142,12 @@ class HFReranker(Reranker):
                 f"reranker.max_length {config.max_length} exceeds what model {config.model!r} supports "
                 f"({limit} positions); set reranker.max_length to at most {limit}"
             )
+        if config.passages is not None:  # (needs the tokenizer: checked as the actor starts)
+            self.check_passages(config.passages)
+
+    def check_passages(self, passages: PassageConfig) -> None:
+        """Raise ModelError where `passages` cannot fit this model's inputs (pair encoders)."""
+        self.encoder.check_passages(passages, pairs=True)
 
     def warm_up(self) -> None:
         if self.config.compile:  # (two pairs of different lengths: dynamic shapes from the start)

@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from reranker_actors.base import RerankerConfig, Scores, activate, inference_mode
+from reranker_actors.base import PassageScores, RerankerConfig, Scores, activate, inference_mode
 from reranker_actors.batching import ahead, host_slices, pad, to_device, token_budget_batches
 from reranker_actors.errors import ModelError
 from reranker_actors.hf import HFReranker
 from reranker_actors.packing import pack, packed_batches
+from reranker_actors.passage_config import PassageConfig
+from reranker_actors.passages import Layout, aggregated
 from reranker_actors.prompts import PromptBatch, PromptEncoder
 
 if TYPE_CHECKING:
@@ -212,8 +214,38 @@ class LLMYesNoReranker(HFReranker):
         for idx in batches(batch.lengths[alone_rows], self.max_tokens):
             done.append((alone_rows[idx] + offset, run([batch.ids[k] for k in alone_rows[idx]])))
 
+    def check_passages(self, passages: PassageConfig) -> None:
+        try:
+            self.encoder.check_passages(passages)
+        except ValueError as e:
+            raise ModelError(str(e)) from e
+
+    @inference_mode
+    def passage_logits(self, queries: Sequence[str], docs: Sequence[str],
+                       instructions: Sequence[str | None] | None = None) -> tuple[np.ndarray, Layout]:
+        """Logits of every passage (as `logits`), and which pair each belongs to."""
+        import torch
+
+        assert self.config.passages is not None
+        batch, layout = self.encoder.encode_passages(queries, docs, instructions, self.config.passages)
+        share = self.device.type == "cpu" and not self.packed
+        done: list[tuple[np.ndarray, torch.Tensor]] = []
+        self._enqueue(batch, share, done, 0)
+        out = np.empty((len(batch.ids), self.head.shape[1]), dtype=np.float32)
+        if done:
+            out[np.concatenate([rows for rows, _ in done])] = torch.cat([t for _, t in done]).cpu().numpy()
+        return out, layout
+
     def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Scores:
+              instructions: Sequence[str | None] | None = None) -> Scores | PassageScores:
+        passages = self.config.passages
+        if passages is not None:
+            logits, layout = self.passage_logits(queries, docs, instructions)
+            return aggregated(_margin(logits), layout, passages, self.config.activation, np.zeros(len(docs), bool))
         logits, truncated = self.logits(queries, docs, instructions)
-        margin = logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]
-        return Scores(activate(margin, self.config.activation), truncated)
+        return Scores(activate(_margin(logits), self.config.activation), truncated)
+
+
+def _margin(logits: np.ndarray) -> np.ndarray:
+    """logit(yes) - logit(no), or logit(yes) without a negative token."""
+    return logits[:, 0] - logits[:, 1] if logits.shape[1] == 2 else logits[:, 0]

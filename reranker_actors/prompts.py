@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reranker_actors.passage_config import PassageConfig
+from reranker_actors.passages import NO_ROOM, Layout, LayoutBuilder
 from reranker_actors.tokenization import CHARS_PER_TOKEN_BOUND, plain_tokenizer, prefix_is_exact
 
 
@@ -48,6 +50,19 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
+def _groups(ids: list[list[int]], keys: list[tuple[str, str]]) -> list[PromptGroup]:
+    """The sequences of each (instruction, query), and the token prefix they all share."""
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for k, key in enumerate(keys):
+        by_key.setdefault(key, []).append(k)
+    groups = []
+    for rows in by_key.values():
+        seqs = [ids[k] for k in rows]
+        shared = min(_common_prefix(seqs), min(map(len, seqs)) - 1) if len(rows) > 1 else 0
+        groups.append(PromptGroup(np.array(rows), shared))
+    return groups
+
+
 class PromptEncoder:
     def __init__(self, hf_tokenizer: object, prefix: str, body: str, suffix: str,
                  default_instruction: str, max_length: int) -> None:
@@ -69,8 +84,7 @@ class PromptEncoder:
     def encode(self, queries: Sequence[str], docs: Sequence[str],
                instructions: Sequence[str | None] | None = None) -> PromptBatch:
         """Token ids of every pair's prompt; an empty or missing instruction means the default."""
-        default = self.default_instruction
-        inst = [i if i and i.strip() else default for i in instructions] if instructions else [default] * len(docs)
+        inst = self._instructions(instructions, len(docs))
         char_cap = self.budget * CHARS_PER_TOKEN_BOUND + 64
         precut = [self.doc_last and len(d) > char_cap for d in docs]
         texts = [self.body.format(instruction=i, query=q, doc=d[:char_cap] if c else d)
@@ -82,12 +96,68 @@ class PromptEncoder:
                 full = self.body.format(instruction=inst[k], query=queries[k], doc=docs[k])
                 bodies[k] = self.tok.encode(full, add_special_tokens=True).ids
         ids = [self.prefix + b[: self.budget] + self.suffix for b in bodies]
-        by_key: dict[tuple[str, str], list[int]] = {}
-        for k, key in enumerate(zip(inst, queries, strict=True)):
-            by_key.setdefault(key, []).append(k)
-        groups = []
-        for rows in by_key.values():
-            seqs = [ids[k] for k in rows]
-            shared = min(_common_prefix(seqs), min(map(len, seqs)) - 1) if len(rows) > 1 else 0
-            groups.append(PromptGroup(np.array(rows), shared))
-        return PromptBatch(ids, groups, [len(b) > self.budget for b in bodies])
+        return PromptBatch(ids, _groups(ids, list(zip(inst, queries, strict=True))),
+                           [len(b) > self.budget for b in bodies])
+
+    def _instructions(self, instructions: Sequence[str | None] | None, n: int) -> list[str]:
+        default = self.default_instruction
+        return [i if i and i.strip() else default for i in instructions] if instructions else [default] * n
+
+    def check_passages(self, cfg: PassageConfig) -> None:
+        """At actor start: a passage fits beside the prompt's fixed parts (prefix, suffix and the
+        body's own text)."""
+        fixed = len(self.tok.encode(self.body.format(instruction="", query="", doc=""),
+                                    add_special_tokens=True).ids)
+        room = self.budget - fixed
+        if cfg.length > room:
+            raise ValueError(f"passages.length {cfg.length} does not fit: max_length leaves {room} tokens "
+                             f"beside the prompt's fixed parts ({len(self.prefix) + len(self.suffix) + fixed} "
+                             f"tokens); set passages.length to at most {max(room, 1)}")
+
+    def encode_passages(self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None,
+                        cfg: PassageConfig) -> tuple[PromptBatch, Layout]:
+        """Every pair's passages: the body tokenized as one text (as `encode` does), split where
+        the document's tokens begin and end; each passage is the prompt with a window of the
+        document's tokens in their place. So a document that fits is its pair's prompt exactly.
+        A pair whose instruction and query leave no room is invalid (NO_ROOM)."""
+        inst = self._instructions(instructions, len(docs))
+        need = (cfg.max_per_doc - 1) * cfg.step + cfg.length + 1  # (doc tokens that can matter)
+        char_cap = need * CHARS_PER_TOKEN_BOUND + 64
+        head_t, _, tail_t = self.body.partition("{doc}")
+        builder = LayoutBuilder(len(docs))
+        ids: list[list[int]] = []
+        keys: list[tuple[str, str]] = []
+        for i, (instruction, query, doc) in enumerate(zip(inst, queries, docs, strict=True)):
+            head_text = head_t.format(instruction=instruction, query=query)
+            tail_text = tail_t.format(instruction=instruction, query=query)
+            head, body, tail = self._split(head_text, doc, tail_text, need, char_cap)
+            room = self.budget - len(head) - len(tail)
+            if room < 1:
+                builder.invalid[i] = NO_ROOM
+                continue
+            d_ids = [t for t, _ in body]
+            offsets = [o for _, o in body]
+            for window in builder.windows(i, offsets, room, cfg):
+                ids.append(self.prefix + head + d_ids[window] + tail + self.suffix)
+                keys.append((instruction, query))
+        return PromptBatch(ids, _groups(ids, keys), [False] * len(ids)), builder.build()
+
+    def _split(self, head_text: str, doc: str, tail_text: str, need: int, char_cap: int
+               ) -> tuple[list[int], list[tuple[int, tuple[int, int]]], list[int]]:
+        """The body's token ids before the document, the document's (id, its character offsets
+        in the document) and those after it: one encoding of the whole body, the document cut
+        by characters first where that provably leaves its first `need` tokens unchanged."""
+        for cut in ((doc[:char_cap],) if len(doc) > char_cap else ()) + (doc,):
+            text = head_text + cut + tail_text
+            enc = self.tok.encode(text, add_special_tokens=True)
+            start, end = len(head_text), len(head_text) + len(cut)
+            special = enc.special_tokens_mask
+            inside = [k for k, (a, b) in enumerate(enc.offsets) if not special[k] and b > start and a < end]
+            first = inside[0] if inside else next((k for k, (a, _) in enumerate(enc.offsets)
+                                                   if not special[k] and a >= start), len(enc.ids))
+            last = inside[-1] + 1 if inside else first
+            body = [(enc.ids[k], (max(enc.offsets[k][0] - start, 0), min(enc.offsets[k][1], end) - start))
+                    for k in range(first, last)]
+            if cut is doc or (len(body) > need and any(c.isspace() for c in cut[body[need - 1][1][1]:])):
+                return enc.ids[:first], body[:need], enc.ids[last:]
+        raise AssertionError("unreachable")  # (the whole document is the last try)

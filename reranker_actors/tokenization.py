@@ -16,6 +16,8 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from reranker_actors.errors import ModelError
+from reranker_actors.passage_config import PassageConfig
+from reranker_actors.passages import Layout, LayoutBuilder
 
 # A token rarely spans more than a dozen characters; longer texts are cut to this many
 # characters per allowed token before tokenizing, so a 1 MB document costs no more than
@@ -135,6 +137,61 @@ class TextEncoder:
             types.append(t.prefix_types + [t.type_a] * len(q) + t.middle_types
                          + [t.type_b] * len(d) + t.suffix_types)
         return Encoded(ids, types, cut)
+
+
+    def check_passages(self, cfg: PassageConfig, pairs: bool) -> None:
+        """At actor start: a passage and (pairs) the capped query fit max_length with the
+        model's special tokens."""
+        t = self.pair if pairs else self.single
+        room = self.max_length - t.num_special
+        if cfg.length > room:
+            raise ModelError(f"passages.length {cfg.length} does not fit: reranker.max_length {self.max_length} "
+                             f"leaves {room} tokens beside the model's {t.num_special} special tokens; set "
+                             f"passages.length to at most {room}")
+        if pairs and self.query_cap >= room:
+            raise ModelError(f"passages: the query cap ({self.query_cap} tokens) leaves no room for the document "
+                             f"in reranker.max_length {self.max_length} ({t.num_special} special tokens); set "
+                             f"reranker.query_max_length to at most {room - 1}")
+
+    def document_encodings(self, docs: Sequence[str], cap: int) -> list[Encoding]:
+        """Each document's encoding (no special tokens, with character offsets), exact in its
+        first `cap` tokens; a long one is cut by characters first where that is provably exact."""
+        char_cap = cap * CHARS_PER_TOKEN_BOUND + 64
+        encs: list[Encoding] = self.tok.encode_batch([d[:char_cap] for d in docs], add_special_tokens=False)
+        for i, doc in enumerate(docs):
+            if len(doc) > char_cap and not prefix_is_exact(encs[i], doc, cap, char_cap):
+                encs[i] = self.tok.encode(doc, add_special_tokens=False)
+        return encs
+
+    def encode_passages(self, queries: Sequence[str], docs: Sequence[str], cfg: PassageConfig,
+                        pairs: bool = True) -> tuple[Encoded, Layout, np.ndarray]:
+        """Every pair's passages (pairs: the query, capped, then a window of the document, as
+        encode_pairs composes a pair; else the window alone), their layout, and whether each
+        pair's query was cut. Each distinct document is tokenized once, its windows are slices
+        of its ids."""
+        t = self.pair if pairs else self.single
+        unique = list(dict.fromkeys(docs))
+        encs = self.document_encodings(unique, (cfg.max_per_doc - 1) * cfg.step + cfg.length + 1)
+        d_of = {d: (e.ids, e.offsets) for d, e in zip(unique, encs, strict=True)}
+        if pairs:
+            unique_q = list(dict.fromkeys(queries))
+            q_of = dict(zip(unique_q, zip(*self._encode_capped(unique_q, self.query_cap), strict=True), strict=True))
+        builder = LayoutBuilder(len(docs))
+        ids, types, q_cut = [], [], np.zeros(len(docs), dtype=bool)
+        for i, doc in enumerate(docs):
+            q, q_cut[i] = q_of[queries[i]] if pairs else ([], False)
+            d_ids, offsets = d_of[doc]
+            for window in builder.windows(i, offsets, self.max_length - t.num_special - len(q), cfg):
+                d = d_ids[window]
+                if pairs:
+                    ids.append(t.prefix + q + t.middle + d + t.suffix)
+                    types.append(t.prefix_types + [t.type_a] * len(q) + t.middle_types
+                                 + [t.type_b] * len(d) + t.suffix_types)
+                else:
+                    ids.append(t.prefix + d + t.suffix)
+                    types.append(t.prefix_types + [t.type_a] * len(d) + t.suffix_types)
+        layout = builder.build()
+        return Encoded(ids, types, q_cut[layout.owner].tolist()), layout, q_cut
 
 
 def prefix_is_exact(enc: Encoding, text: str, cap: int, char_cap: int) -> bool:
