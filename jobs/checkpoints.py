@@ -54,6 +54,7 @@ from jobs.schema import (
     UNITS,
 )
 from jobs.units import Ranges, Unit, as_ranges, decode_ranges, encode_ranges, merge, runs
+from reranker_actors.columns import CAPPED, PASSAGES
 
 FORMAT_VERSION = 4  # 4: ranges encoded (jobs.units.encode_ranges)
 CHECKPOINTS = "_checkpoints"
@@ -86,6 +87,8 @@ class PartEntry:
     cached: int = 0  # pairs whose score came from the score cache (summed over scorers)
     attention: list[str] = field(default_factory=list)  # the attention paths the scorers ran
     first: int = 0  # the first input row it holds (its order among the file's parts)
+    passages: int = 0  # with passages: passages scored for its pairs (the rerank job's scorer)
+    capped: int = 0  # with passages: pairs whose document had more than passages.max_per_doc
 
     def row_ranges(self) -> Ranges:
         return decode_ranges(self.ranges)
@@ -148,7 +151,9 @@ class Checkpoints:
                              if c in table.column_names else [] for c in (DTYPE, ATTENTION))
         hits = [c for c in table.column_names if c.startswith(HIT_PREFIX)]
         cached = sum(int(pc.sum(table[c]).as_py() or 0) for c in hits)
-        internal = [SHARD, ROW, UNITS, TRUNCATED, DTYPE, ATTENTION, BATCH_START, BATCH_END, *hits]
+        capped, passages = (int(pc.sum(table[c]).as_py() or 0) if c in table.column_names else 0
+                            for c in (CAPPED, PASSAGES))
+        internal = [SHARD, ROW, UNITS, TRUNCATED, DTYPE, ATTENTION, BATCH_START, BATCH_END, CAPPED, *hits]
         table = table.drop_columns([c for c in internal if c in table.column_names])
         # Deterministic content whatever order the blocks arrived in.
         scores = [(c, "descending") for c in table.column_names if c == SCORE or c.startswith("score_")]
@@ -170,7 +175,7 @@ class Checkpoints:
             sid=sid, input=file.url, ranges=encode_ranges(ranges), rows_in=int((ranges[:, 1] - ranges[:, 0]).sum()),
             rows=len(table), skipped=len(table) - table[SKIP_REASON].null_count, truncated=truncated,
             dtypes=dtypes, sha256=hashlib.sha256(data).hexdigest(), file=posixpath.basename(path),
-            cached=cached, attention=attention, first=int(ranges[0, 0]),
+            cached=cached, attention=attention, first=int(ranges[0, 0]), passages=passages, capped=capped,
         )
         self.fs.pipe_file(self._path("manifest", name, "json"), json.dumps(asdict(entry), indent=1).encode())
         return entry

@@ -188,6 +188,7 @@ def _summary(job: Job, run: Run, where: str, scored: Scored, quarantined: int, f
         ray=where, input=str(job.input.path),
         input_files=[{"url": f.url, "size": f.size, "rows": f.num_rows} for f in run.inputs.files],
         pairs=scored.pairs, skipped=scored.skipped, quarantined=quarantined, truncated=scored.truncated,
+        passages=scored.passages, passages_capped=scored.capped,
         output=job.output_path, dtype=", ".join(scored.dtypes), attention=", ".join(scored.attention),
         config_hash=fingerprint(job.config.model_dump()),
         resumed_pairs=scored.resumed, scored_now=scored.scored_now, run_id=run.out.run_id,

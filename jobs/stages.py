@@ -83,6 +83,14 @@ class Scored:
         return sum(e.cached for e in self.entries)
 
     @property
+    def passages(self) -> int:
+        return sum(e.passages for e in self.entries)
+
+    @property
+    def capped(self) -> int:
+        return sum(e.capped for e in self.entries)
+
+    @property
     def dtypes(self) -> list[str]:
         return sorted({d for e in self.entries for d in e.dtypes})
 

@@ -50,6 +50,8 @@ class RunSummary:
     cache_entries: int = 0  # pairs the cache held when the run started
     attention: str = ""  # packed (padding-free) or padded, as the scoring actors ran it
     stages: list[dict] = field(default_factory=list)  # cascade: per stage model, backend, top_n, pairs, cached, resumed
+    passages: int = 0  # with passages: passages scored for the pairs (the rerank job)
+    passages_capped: int = 0  # with passages: pairs whose document had more than passages.max_per_doc
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> mean metrics
     eval_queries: int = 0
@@ -99,6 +101,9 @@ class RunSummary:
             f"  pairs     {self.pairs:,} read, {self.scored:,} scored ({self.scored_now:,} in this run), "
             f"{self.skipped:,} skipped, {self.truncated:,} truncated",
             f"  model     {self.model} ({self.backend}, dtype {self.dtype}, {self.attention or 'padded'} attention)",
+            *([f"  passages  {self.passages:,} scored, {self.passages / max(self.scored, 1):.2f} per pair; "
+               f"{self.passages_capped:,} document(s) past passages.max_per_doc (their tail not scored)"]
+              if self.passages else []),
             f"  speed     {rate:,.1f} pairs/s over the score stage ({score_s:.1f} s); "
             f"{self.score_steady_pairs_per_s:,.1f} pairs/s once the actors were up "
             f"({self.score_startup_s:.1f} s start-up)",

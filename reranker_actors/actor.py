@@ -20,6 +20,7 @@ from reranker_actors.columns import (
     BATCH_START,
     BEST_PASSAGE,
     BEST_PASSAGE_CHARS,
+    CAPPED,
     DOC,
     DOC_ID,
     DTYPE,
@@ -61,6 +62,7 @@ class _Rows:
     passages: np.ndarray  # int32: passages scored (with passages)
     best: np.ndarray  # int32: the best passage
     chars: np.ndarray  # int32 (n, 2): its [start, end) characters
+    capped: np.ndarray  # bool: its document had more passages than max_per_doc
 
     @classmethod
     def of(cls, batch: pa.Table) -> _Rows:
@@ -68,13 +70,14 @@ class _Rows:
         return cls(pc.is_null(batch[SKIP_REASON]).to_numpy(zero_copy_only=False).copy(),
                    batch[SKIP_REASON].to_pylist(), np.zeros(n, dtype=np.float32), np.zeros(n, dtype=bool),
                    np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32),
-                   np.zeros((n, 2), dtype=np.int32))
+                   np.zeros((n, 2), dtype=np.int32), np.zeros(n, dtype=bool))
 
     def take(self, rows: np.ndarray, scores: Scores | PassageScores) -> None:
         """Record the scores of `rows`."""
         self.scores[rows], self.truncated[rows] = scores.values, scores.truncated
         if isinstance(scores, PassageScores):
             self.passages[rows], self.best[rows], self.chars[rows] = scores.passages, scores.best, scores.chars
+            self.capped[rows] = scores.capped
 
 
 def _merge(table: pa.Table, name: str, new: pa.Array, combine: Callable[[Any, Any], Any]) -> pa.Table:
@@ -239,7 +242,7 @@ class ScoreActor:
                 if self.reranker.config.passages is None:
                     return Scores(nan, no)
                 zero = np.zeros(1, dtype=np.int32)
-                return PassageScores(nan, no, zero, zero, np.zeros((1, 2), np.int32), [None])
+                return PassageScores(nan, no, zero, zero, np.zeros((1, 2), np.int32), [None], no)
             half = len(rows) // 2
             return concat_scores([self._isolating(batch, rows[:half], errors),
                                   self._isolating(batch, rows[half:], errors)])
@@ -308,6 +311,8 @@ class ScoreActor:
                    .append_column(BEST_PASSAGE, pa.array(rows.best, mask=invalid))
                    .append_column(BEST_PASSAGE_CHARS, chars))
         # Chained scorers (distillation teachers) each add to these instead of replacing them.
+        if self.reranker.config.passages is not None:
+            out = _merge(out, CAPPED, pa.array(rows.capped & rows.valid), pc.or_)
         out = _merge(out, DTYPE, pa.array([self.dtype] * n, pa.string()), _join)
         out = _merge(out, ATTENTION, pa.array([self.reranker.attention] * n, pa.string()), _join)
         out = _merge(out, TRUNCATED, pa.array(rows.truncated), pc.or_)

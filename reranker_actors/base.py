@@ -116,6 +116,7 @@ class PassageScores(NamedTuple):
     best: np.ndarray  # int32: the best passage's index
     chars: np.ndarray  # int32 (n, 2): its [start, end) characters in the document
     invalid: list[str | None]  # why a pair could not be scored (its score is NaN), else None
+    capped: np.ndarray  # bool: max_per_doc left some of the document's passages out
 
 
 def concat_scores(parts: Sequence[Scores | PassageScores]) -> Scores | PassageScores:

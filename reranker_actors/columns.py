@@ -21,6 +21,7 @@ BATCH_END = "_batch_end"  # wall-clock time the actor finished the batch, on its
 # With passages (the rerank job's scorer): how many were scored, the best one, its characters.
 PASSAGES, BEST_PASSAGE, BEST_PASSAGE_CHARS = "passages", "best_passage", "best_passage_chars"
 PASSAGE_COLUMNS = (PASSAGES, BEST_PASSAGE, BEST_PASSAGE_CHARS)
+CAPPED = "_passages_capped"  # with passages: the document had more than passages.max_per_doc (any scorer)
 
 KEY_PREFIX, HIT_PREFIX = "_key_", "_hit_"
 

@@ -84,4 +84,4 @@ def aggregated(raw: np.ndarray, layout: Layout, cfg: PassageConfig, activation: 
     has = counts > 0
     chars[has] = layout.chars[starts[has] + best[has]]
     return PassageScores(activate(values.astype(np.float32), activation), truncated | layout.capped,
-                  counts.astype(np.int32), best, chars, layout.invalid)
+                  counts.astype(np.int32), best, chars, layout.invalid, layout.capped)

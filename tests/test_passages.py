@@ -232,3 +232,38 @@ def test_window_starts() -> None:
             got, capped = window_starts(n, length, stride, cap)
             assert list(got) == starts(n, length, stride, cap)
             assert capped == (len(starts(n, length, stride, 10**6)) > cap)
+
+
+def test_the_actor_lists_pairs_without_room_or_quarantines_them_and_isolates_failures(tiny_qwen3_dir: str) -> None:
+    import pyarrow as pa
+
+    from reranker_actors.actor import ScoreActor
+    from reranker_actors.errors import InputError
+
+    queries = ["short", "a very long query " * 40, "short", "short"]
+    table = pa.table({"query_id": ["q1", "q2", "q1", "q1"], "query": queries, "doc_id": ["a", "b", "c", "d"],
+                      "doc": ["heat transfer " * 30, "heat transfer", "wing", "boom"],
+                      "_skip_reason": pa.nulls(4, pa.string())})
+    config = {"backend": "llm_yes_no", "model": tiny_qwen3_dir, "dtype": "float32", "max_length": 120,
+              "passages": {"length": 8}}
+    strict = ScoreActor(config, expect_gpu=False, threads=1, on_invalid="error", passage_columns=True)
+    with pytest.raises(InputError, match=r"(?s)1 invalid pair\(s\).*\(query_id='q2', doc_id='b'\): the prompt "
+                                         r"leaves no room"):
+        strict(table)
+    lenient = ScoreActor(config, expect_gpu=False, threads=1, on_invalid="skip", passage_columns=True)
+    score = lenient.reranker.score
+
+    def failing(q, d, i=None):  # (a row that makes the model raise: isolated by bisection, passages kept)
+        if "boom" in d:
+            raise ValueError("kernel exploded")
+        return score(q, d, i)
+
+    lenient.reranker.score = failing  # type: ignore[method-assign]
+    out = lenient(table).to_pylist()
+    assert [r["_skip_reason"] is None for r in out] == [True, False, True, False]
+    assert out[1]["_skip_reason"].startswith("the prompt leaves no room") and out[1]["passages"] is None
+    assert out[3]["_skip_reason"].startswith("scoring failed: ValueError: kernel exploded")
+    assert out[0]["passages"] > 1 and out[2]["passages"] == 1 and out[2]["best_passage_chars"] == {"start": 0,
+                                                                                                     "end": 4}
+    alone = score(queries[:1], ["heat transfer " * 30]).values[0]
+    assert out[0]["score"] == pytest.approx(alone, abs=1e-6)

@@ -72,6 +72,8 @@ def test_the_ranked_output_has_the_aggregate_and_names_the_best_passage(tmp_path
     assert [(g["best_passage_chars"]["start"], g["best_passage_chars"]["end"]) for g in got] == [
         tuple(c) for c in want.chars.tolist()]
     assert summary.truncated == int(want.truncated.sum()) > 0  # (documents past max_per_doc)
+    assert (summary.passages, summary.passages_capped) == (int(want.passages.sum()), int(want.capped.sum()))
+    assert "document(s) past passages.max_per_doc" in summary.render()
     assert 1 < np.mean(want.passages) < PASSAGES["max_per_doc"]
     schema = pq.read_schema(next((tmp_path / "out").glob("part-*.parquet")))
     assert str(schema.field("best_passage_chars").type) == "struct<start: int32, end: int32>"
