@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from reranker_actors.cache_keys import KEY_TYPE, CacheIndex, key_halves
+from reranker_actors.cache_keys import KEY_TYPE, CacheIndex, key_halves, value_dtype
+from reranker_actors.columns import PASSAGE_COLUMNS
 
 SPACE = 1 << 64  # the values of a key's first 64 bits
 # Range files per shard a run writes: a later run with up to this many times the pairs
@@ -68,16 +69,19 @@ class CacheShard:
     """One key range of a cache namespace, loaded from the files that overlap it."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, files: list[str], start: int, end: int,
-                 columns: tuple[str, str] = ("key", "score")) -> None:
+                 columns: tuple[str, str] = ("key", "score"), passages: bool = False) -> None:
         tables = []
         for path in files:
             with fs.open(path, "rb") as f:
-                table = pq.read_table(f, columns=list(columns)).rename_columns(["key", "score"])
+                table = pq.read_table(f, columns=[*columns, *(PASSAGE_COLUMNS if passages else ())])
+            table = table.rename_columns(["key", "score", *table.column_names[2:]])
             hi, _ = key_halves(table["key"].combine_chunks())
             inside = (hi >= np.uint64(start)) & (hi <= np.uint64(end - 1))
             tables.append(table.filter(pa.array(inside)) if not inside.all() else table)
         empty = pa.table({"key": pa.array([], KEY_TYPE), "score": pa.array([], pa.float32())})
         self.index = CacheIndex.from_table(pa.concat_tables(tables) if tables else empty)
+        if passages and not tables:  # (no rows: still the values a passages lookup returns)
+            self.index.score = np.empty(0, value_dtype(True))
 
     def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
         return self.index.lookup(keys)
@@ -92,25 +96,27 @@ class ShardedIndex:
 
     starts: np.ndarray  # uint64, ascending, starts[0] == 0 (empty without shards)
     shards: list[Any]  # CacheShard handles
+    passages: bool = False  # the values carry the passage columns (value_dtype)
 
     @classmethod
     def serve(cls, fs: fsspec.AbstractFileSystem, files: list[str], pairs: int, shard_pairs: int,
-              columns: tuple[str, str] = ("key", "score")) -> ShardedIndex:
+              columns: tuple[str, str] = ("key", "score"), passages: bool = False) -> ShardedIndex:
         """Start the shard actors for `files` (which hold `pairs` rows; their key and score
-        `columns`). They load in the background; the first lookup waits for them."""
+        `columns`, and with `passages` the passage columns). They load in the background; the
+        first lookup waits for them."""
         count = math.ceil(pairs / shard_pairs)
         bounds = [i * SPACE // count for i in range(count + 1)] if count else [0]
         spans = [file_span(p) for p in files]
         shards = []
         for start, end in itertools.pairwise(bounds):
             mine = [p for p, (a, b) in zip(files, spans, strict=True) if a < end and start < b]
-            shards.append(CacheShard.remote(fs, mine, start, end, columns))
-        return cls(np.array(bounds[:-1] if count else [], dtype=np.uint64), shards)
+            shards.append(CacheShard.remote(fs, mine, start, end, columns, passages))
+        return cls(np.array(bounds[:-1] if count else [], dtype=np.uint64), shards, passages)
 
     def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask, scores) for `keys`; scores are 0 where not found."""
+        """(found mask, values) for `keys`; values are 0 where not found."""
         found = np.zeros(len(keys), dtype=bool)
-        scores = np.zeros(len(keys), dtype=np.float32)
+        scores = np.zeros(len(keys), dtype=value_dtype(self.passages))
         if not self.shards or not len(keys):
             return found, scores
         hi, _ = key_halves(keys)
@@ -139,14 +145,16 @@ class Chained:
 
     def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
         found = np.zeros(len(keys), dtype=bool)
-        scores = np.zeros(len(keys), dtype=np.float32)
+        scores: np.ndarray | None = None
         for source in self.lookups:
             todo = np.flatnonzero(~found)
-            if not len(todo):
+            if scores is not None and not len(todo):
                 break
             hit, values = source.lookup(keys.take(pa.array(todo)))
+            if scores is None:
+                scores = np.zeros(len(keys), dtype=values.dtype)
             found[todo[hit]], scores[todo[hit]] = True, values[hit]
-        return found, scores
+        return found, scores if scores is not None else np.zeros(len(keys), dtype=np.float32)
 
 
 def cache_rows(batch: pa.Table, key_column: str, score_column: str, ranges: int) -> pa.Table:
@@ -154,5 +162,6 @@ def cache_rows(batch: pa.Table, key_column: str, score_column: str, ranges: int)
     next run's cache."""
     valid = pc.and_(pc.is_valid(batch[key_column]), pc.is_valid(batch[score_column]))
     kept = batch.filter(valid)
-    return pa.table({"key": kept[key_column], "score": kept[score_column].cast(pa.float32()),
+    passages = {c: kept[c] for c in PASSAGE_COLUMNS if c in kept.column_names}  # (a scorer's, with passages)
+    return pa.table({"key": kept[key_column], "score": kept[score_column].cast(pa.float32()), **passages,
                      "range": key_range(kept[key_column], ranges)})

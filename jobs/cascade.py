@@ -37,6 +37,7 @@ from jobs.ray_runtime import actor_pool_args, actor_pool_deadline, ray_filesyste
 from jobs.schema import KEY_PREFIX, QUERY_ID, SCORE, SKIP_REASON, TEXTS, cache_key_column, stage_score
 from jobs.stages import Scorer, map_queries, parquet_files, rank_partitions
 from reranker_actors.actor import ScoreActor
+from reranker_actors.columns import PASSAGE_COLUMNS
 from reranker_actors.registry import score_settings
 
 
@@ -141,12 +142,14 @@ def rank_cascade(cfg: JobConfig, scored: list[FileParts], staging: str, dest: st
                 _split, batch_format="pyarrow", fn_kwargs=split | {"going_on": True})
             stage_dir = checkpoints.stage_dir(cfg, i + 1)
             files, rows = checkpoints.earlier(stage_dir)
+            passages = cfg.passages is not None
             earlier = ShardedIndex.serve(fs, files, rows, checkpoints.shard_pairs,
-                                         (cache_key_column(stage_score(i + 1)), stage_score(i + 1)))
+                                         (cache_key_column(stage_score(i + 1)), stage_score(i + 1)), passages)
             lookup = Chained([earlier, *([caches[i - 1]] if caches and caches[i - 1] else [])])
             # (max_nan_share 0: a later stage stops at its first NaN score, whose share no gate counts)
             scorer = Scorer(stage_score(i + 1), stage.reranker, stage.actor, lookup,
-                            canaries[i - 1] if len(canaries) >= i else None, 0.0, cfg.gates.mode == "warn")
+                            canaries[i - 1] if len(canaries) >= i else None, 0.0, cfg.gates.mode == "warn",
+                            passage_columns=passages)
             # (blocks of one batch: each is written, so durable, as the pool returns it)
             advancing = advancing.repartition(target_num_rows_per_block=stage.actor.batch_size)
             advancing = advancing.map_batches(ScoreActor, batch_format="pyarrow", **actor_pool_args(
@@ -165,6 +168,7 @@ def rank_cascade(cfg: JobConfig, scored: list[FileParts], staging: str, dest: st
         assert ds is not None
         final = ds.groupby(QUERY_ID, num_partitions=partitions).map_groups(
             rank_queries, batch_format="pyarrow",
-            fn_kwargs={"ranker": CascadeRanker(models, cfg.rank.top_k, tuple(cfg.input.extra_columns))})
+            fn_kwargs={"ranker": CascadeRanker(models, cfg.rank.top_k, tuple(cfg.input.extra_columns)
+                                               + (PASSAGE_COLUMNS if cfg.passages else ()))})
         final.write_parquet(dest, filesystem=filesystem)
     return scored_dirs, resumed

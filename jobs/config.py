@@ -203,19 +203,15 @@ def with_passages(reranker: Any, passages: PassageConfig | None, key: str) -> An
     return reranker.model_copy(update={"passages": passages}) if passages is not None else reranker
 
 
-def passage_checks(passages: PassageConfig | None, rerankers: list[tuple[str, Any]], cache: CacheConfig,
-                   extra_columns: list[str], several: str | None) -> list[str]:
-    """What passages need of the models and the rest of the job (the tokenizer's own checks run
-    when an actor starts). `several`: the key of further stages, which do not take passages yet."""
+def passage_checks(passages: PassageConfig | None, rerankers: list[tuple[str, Any]],
+                   extra_columns: list[str]) -> list[str]:
+    """What passages need of the models and the input (the tokenizer's own checks run when an
+    actor starts)."""
     if passages is None:
         return []
     errors = [f"passages.length ({passages.length}) must be below {key}reranker.max_length "
               f"({reranker.max_length}), which also holds the query and special tokens"
               for key, reranker in rerankers if passages.length >= reranker.max_length]
-    if cache.path:
-        errors.append("passages: the score cache does not keep passage columns yet; unset cache.path")
-    if several:
-        errors.append(f"passages: {several} does not take passages yet; score passages in a single-stage job")
     errors += [f"input.extra_columns: {name!r} collides with a passage column ({', '.join(PASSAGE_COLUMNS)}); "
                "rename it in the input" for name in extra_columns if name in PASSAGE_COLUMNS]
     return errors
@@ -250,8 +246,7 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
                           "a stage only sees what the previous stage passed on")
     errors += instruction_checks(cfg.input, [stage.reranker for _, stage in cfg.stages()])
     errors += layout_checks(cfg.input) + gate_checks(cfg)
-    errors += passage_checks(cfg.passages, [(k, s.reranker) for k, s in cfg.stages()], cfg.cache,
-                             cfg.input.extra_columns, "cascade" if cfg.cascade else None)
+    errors += passage_checks(cfg.passages, [(k, s.reranker) for k, s in cfg.stages()], cfg.input.extra_columns)
     for name in cfg.input.extra_columns:
         if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith(("_", "stage")):
             errors.append(

@@ -104,6 +104,7 @@ class Job(ABC, Generic[P]):
     qrels_path: str | None
     keep_texts: bool  # the checkpoints keep the texts: a later stage scores them again
     gates: HealthGates
+    passage_columns: bool = False  # its scorers write passages, best_passage, best_passage_chars
 
     def canary(self, run: Run, column: str) -> dict[str, Any] | None:
         """What the actors scoring `column` check at start (gates.canaries), or None."""
@@ -166,7 +167,7 @@ def _open(job: Job, clock: Stopwatch) -> Run:
         out.prepare(inputs.paths, inputs.dirs)
         texts = {"texts": inputs.version} if inputs.version else {}  # (the run layout's corpus and queries)
         checkpoints = Checkpoints(out.fs, out.root, fingerprint(job.checkpoint_settings() | texts))
-        run = Run(inputs, qrels, out, checkpoints, RunCaches(job.cache, job.rerankers()), clock)
+        run = Run(inputs, qrels, out, checkpoints, RunCaches(job.cache, job.rerankers(), job.passage_columns), clock)
         job.open_gates(run)
         return run
 

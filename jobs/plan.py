@@ -1,10 +1,13 @@
 """Capacity planner: GPU-hours, wall time and cost of a rerank, from recorded benchmark figures.
 
     python -m jobs.plan --pairs 1e9 --mean-tokens 300 --model BAAI/bge-reranker-v2-m3 --gpu L4
-        [--workers 1,8,32] [--price-per-gpu-hour USD] [--compiled] [--figures benchmarks/figures.json] [--json]
+        [--passages-per-pair 15] [--workers 1,8,32] [--price-per-gpu-hour USD] [--compiled]
+        [--figures benchmarks/figures.json] [--json]
 
 --mean-tokens counts everything one pair computes: query + doc + special tokens (and, for
-an LLM reranker, its prompt). Model: the useful FLOPs of one forward pass over n tokens,
+an LLM reranker, its prompt); with `passages:`, what one passage computes, and
+--passages-per-pair how many a pair has (a document of D tokens: ceil((D - length) / stride)
++ 1, at most passages.max_per_doc; 1 if D <= length). Model: the useful FLOPs of one forward pass over n tokens,
 per layer 2·(h·q + 2·h·kv + q·h)·n for the Q/K/V/O projections (q = kv = h unless GQA),
 2·(2 or 3 if gated)·h·ffn·n for the MLP, and 4·n²·q for attention (QKᵀ and AV), as
 benchmarks/throughput.py counts them. A recorded figure gives an achieved FLOP/s
@@ -128,14 +131,15 @@ def choose(rows: list[dict], shape: dict, gpu: str, contenders: tuple[str, ...])
 
 
 def plan(pairs: float, tokens: float, model: str, shape: dict, gpu: str, price: float | None = None,
-         workers: tuple[int, ...] = (1,), *, rows: list[dict], compiled: bool = False) -> dict:
+         workers: tuple[int, ...] = (1,), *, rows: list[dict], compiled: bool = False, passages: float = 1.0) -> dict:
     # The whole job's steady state where measured (reading, tokenizing and assembling
     # included), else the bare scorer's.
     fig = choose(rows, shape, gpu, ("job compiled", "compiled") if compiled else ("job", "ours"))
-    src, fpp = gpu_key(fig["device"]), pair_flops(shape, tokens)
+    src, row = gpu_key(fig["device"]), pair_flops(shape, tokens)
+    fpp = row * passages  # (a pair is `passages` forward rows of `tokens`)
     achieved = fig["pairs_per_s"] * pair_flops(fig["shape"], fig["mean_tokens"])
-    scaling, work = [], pair_flops(fig["shape"], fig["mean_tokens"]) / fpp
-    flops = (f"same achieved FLOP/s, {fpp / 1e9:.1f} GFLOP per pair of {tokens:g} tokens instead of "
+    scaling, work = [], pair_flops(fig["shape"], fig["mean_tokens"]) / row
+    flops = (f"same achieved FLOP/s, {row / 1e9:.1f} GFLOP per row of {tokens:g} tokens instead of "
              f"{pair_flops(fig['shape'], fig['mean_tokens']) / 1e9:.1f} for {fig['mean_tokens']:g}")
     if arch(fig["shape"]) != arch(shape):
         scaling.append(dict(kind="model", factor=work, why=f"no {fig['contender']} figure for this shape on {src}: "
@@ -143,6 +147,9 @@ def plan(pairs: float, tokens: float, model: str, shape: dict, gpu: str, price: 
     elif abs(work - 1) > 1e-9:
         scaling.append(dict(kind="tokens", factor=work,
                             why=f"mean tokens {fig['mean_tokens']:g} -> {tokens:g}: {flops}"))
+    if passages != 1:
+        scaling.append(dict(kind="passages", factor=1 / passages,
+                            why=f"{passages:g} passages per pair, each a forward row of {tokens:g} tokens"))
     device = GPUS[gpu][0] / GPUS[src][0] if src != gpu else 1.0
     if src != gpu:
         use = achieved / (GPUS[src][0] * 1e12)
@@ -157,7 +164,8 @@ def plan(pairs: float, tokens: float, model: str, shape: dict, gpu: str, price: 
                  f"assumed price: AWS on-demand us-east-1, {listed[1]}" if listed else None)
     price = price if price is not None else (listed[0] if listed else None)
     warnings = [OLD_COUNTING] if fig.get("old_counting") else []
-    return dict(model=model, shape=shape, gpu=gpu, pairs=pairs, mean_tokens=tokens, flops_per_pair=fpp,
+    return dict(model=model, shape=shape, gpu=gpu, pairs=pairs, mean_tokens=tokens, passages_per_pair=passages,
+                flops_per_pair=fpp,
                 pairs_per_s_per_gpu=per_gpu, achieved_flops_per_s=achieved * device, gpu_hours=gpu_hours,
                 price_per_gpu_hour=price, price_source=price_src, cost=None if price is None else gpu_hours * price,
                 estimate=any(x["kind"] in ("model", "device") for x in scaling), figure=fig, scaling=scaling,
@@ -174,7 +182,8 @@ def render(p: dict) -> str:
     cost = "n/a" if usd is None else f"${p['cost']:,.0f}"
     price = (f"${usd:.2f}" if usd >= 1 else f"${usd:.3f}") + f" per GPU-hour ({p['price_source']})" if usd else (
         f"n/a: no list price for {p['gpu']} here; pass --price-per-gpu-hour")
-    lines = [f"# {p['pairs']:,.0f} pairs x {p['mean_tokens']:g} tokens, {p['model']} on {p['gpu']}", "",
+    per = f"{p['passages_per_pair']:g} passages x " if p.get("passages_per_pair", 1) != 1 else ""
+    lines = [f"# {p['pairs']:,.0f} pairs x {per}{p['mean_tokens']:g} tokens, {p['model']} on {p['gpu']}", "",
              f"model      {describe(p['shape'])}",
              f"work       {p['flops_per_pair'] / 1e9:,.1f} GFLOP per pair (useful forward FLOPs)",
              f"per GPU    {p['pairs_per_s_per_gpu']:,.1f} pairs/s{est} = {p['achieved_flops_per_s'] / 1e12:,.1f} "
@@ -200,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="reranker model id: " + ", ".join(KNOWN))
     parser.add_argument("--shape", help="custom shape instead of --model: layers,hidden,intermediate")
     parser.add_argument("--gpu", required=True, help="H100, H100-SXM, H100-PCIe, H200, A100, L4, A10G, L40S or cpu")
+    parser.add_argument("--passages-per-pair", default="1", help="with passages: forward rows per pair (default 1)")
     parser.add_argument("--workers", default="1", help="GPUs (workers), a comma-separated list, e.g. 1,8,32")
     parser.add_argument("--price-per-gpu-hour", help="USD; default: an on-demand list price (printed)")
     parser.add_argument("--compiled", action="store_true", help="use figures with reranker.compile: true")
@@ -207,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     args = parser.parse_args(argv)
     try:
-        p = plan(*parse(args), rows=load_figures(args.figures), compiled=args.compiled)
+        p = plan(*parse(args), rows=load_figures(args.figures), compiled=args.compiled,
+                 passages=number("--passages-per-pair", args.passages_per_pair))
     except UserError as e:
         print(f"batch-rerank: error: {e}", file=sys.stderr)
         return 2

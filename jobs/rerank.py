@@ -72,6 +72,7 @@ class RerankJob(Job[Ranked]):
         self.ray, self.qrels_path = cfg.ray, cfg.eval.qrels
         self.keep_texts = bool(cfg.cascade)
         self.gates = cfg.gates
+        self.passage_columns = cfg.passages is not None
 
     def rerankers(self) -> list[RerankerConfig]:
         return [stage.reranker for _, stage in self.cfg.stages()]
@@ -82,7 +83,7 @@ class RerankJob(Job[Ranked]):
     def scorers(self, run: Run) -> list[Scorer]:
         canaries = self.canary(run, self.score_columns()[0])
         return [Scorer(SCORE, self.cfg.reranker, self.cfg.actor, run.lookups[0], canaries, self.gates.max_nan_share,
-                       self.gates.mode == "warn", passage_columns=self.cfg.passages is not None)]
+                       self.gates.mode == "warn", passage_columns=self.passage_columns)]
 
     def score_columns(self) -> list[str]:
         """`score` for one stage; a cascade's canaries name each stage (stage<i>_score)."""

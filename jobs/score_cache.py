@@ -34,6 +34,7 @@ from jobs.schema import cache_hit_column, cache_key_column
 from jobs.stages import footer_rows
 from reranker_actors.base import RerankerConfig
 from reranker_actors.cache_keys import KEY_TYPE, CacheIndex, namespace_settings, pair_keys
+from reranker_actors.columns import PASSAGE_COLUMNS
 
 __all__ = ["KEY_TYPE", "CacheIndex", "RunCaches", "ScoreCache", "namespace", "pair_keys"]
 
@@ -98,7 +99,8 @@ class RunCaches:
     Scorers whose settings are the same share one namespace, so it is served, published and
     discarded once. No cache.path: no caches, lookups all None."""
 
-    def __init__(self, cfg: CacheConfig, rerankers: list[RerankerConfig]) -> None:
+    def __init__(self, cfg: CacheConfig, rerankers: list[RerankerConfig], passage_columns: bool = False) -> None:
+        """`passage_columns`: the scorers write (and the cache keeps) the passage columns."""
         by_namespace: dict[str, ScoreCache] = {}
         url = cfg.path
         self.of = [by_namespace.setdefault(namespace(r), ScoreCache(url, r)) for r in rerankers] if url else []
@@ -107,6 +109,7 @@ class RunCaches:
         self.shard_pairs = cfg.shard_pairs
         self.entries: dict[str, int] = {}  # namespace -> pairs it held when served
         self.served: dict[str, ShardedIndex] = {}
+        self.passages = passage_columns
 
     def __bool__(self) -> bool:
         return bool(self.of)
@@ -117,7 +120,7 @@ class RunCaches:
             files = cache.files()  # (listed and their footers read once: requests on S3)
             self.entries[cache.namespace] = footer_rows(cache.fs, files)
             self.served[cache.namespace] = ShardedIndex.serve(cache.fs, files, self.entries[cache.namespace],
-                                                              self.shard_pairs)
+                                                              self.shard_pairs, passages=self.passages)
         return [self.served[c.namespace] for c in self.of] if self.of else [None] * self.scorers
 
     def close(self) -> None:
@@ -127,7 +130,7 @@ class RunCaches:
 
     def write(self, scorer: int, files: list[str], fs: fsspec.AbstractFileSystem, run_id: str,
               score_column: str) -> None:
-        write_cache(self.of[scorer], files, fs, run_id, score_column, self.shard_pairs)
+        write_cache(self.of[scorer], files, fs, run_id, score_column, self.shard_pairs, self.passages)
 
     def publish(self, run_id: str) -> None:
         for cache in self.unique:
@@ -139,16 +142,18 @@ class RunCaches:
 
 
 def write_cache(cache: ScoreCache, checkpoint_files: list[str], fs: fsspec.AbstractFileSystem, run_id: str,
-                score_column: str, shard_pairs: int) -> None:
-    """Stage this run's (key, score) rows for `publish`, read from the checkpoints and
-    split into key-range files (one range per hash partition, so one file per range)."""
+                score_column: str, shard_pairs: int, passages: bool = False) -> None:
+    """Stage this run's (key, score) rows (and `passages`: the passage columns) for `publish`,
+    read from the checkpoints and split into key-range files (one range per hash partition,
+    so one file per range)."""
     import ray.data
 
     from jobs.ray_runtime import ray_filesystem
 
     key = cache_key_column(score_column)
     ranges = range_count(footer_rows(fs, checkpoint_files), shard_pairs)
-    ds = ray.data.read_parquet(checkpoint_files, filesystem=ray_filesystem(fs), columns=[key, score_column])
+    ds = ray.data.read_parquet(checkpoint_files, filesystem=ray_filesystem(fs),
+                               columns=[key, score_column, *(PASSAGE_COLUMNS if passages else ())])
     ds = ds.map_batches(cache_rows, batch_format="pyarrow",
                         fn_kwargs={"key_column": key, "score_column": score_column, "ranges": ranges})
     if ranges > 1:

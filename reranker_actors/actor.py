@@ -186,7 +186,13 @@ class ScoreActor:
         assert self.cache is not None
         hit, cached = self.cache.lookup(keys)
         rows.hit = hit & rows.valid
-        rows.scores[rows.hit] = cached[rows.hit]
+        if cached.dtype.names:  # (with passages: where the cached score came from, too)
+            found = cached[rows.hit]
+            rows.scores[rows.hit], rows.passages[rows.hit], rows.best[rows.hit] = (
+                found["score"], found["passages"], found["best"])
+            rows.chars[rows.hit] = np.stack([found["start"], found["end"]], axis=1)
+        else:
+            rows.scores[rows.hit] = cached[rows.hit]
         return keys
 
     def _score(self, batch: pa.Table, rows: _Rows) -> dict[int, str]:
@@ -303,13 +309,13 @@ class ScoreActor:
             keys = pc.if_else(pa.array(rows.valid), keys, pa.scalar(None, keys.type))  # (the next run's cache)
             out = (out.append_column(cache_key_column(self.score_column), keys)
                    .append_column(cache_hit_column(self.score_column), pa.array(rows.hit)))
-        if self.passage_columns:
+        if self.passage_columns:  # (a cascade's later stage: its values where it scored, the earlier's elsewhere)
             invalid = ~rows.valid
             chars = pa.StructArray.from_arrays([pa.array(rows.chars[:, 0]), pa.array(rows.chars[:, 1])],
                                                names=["start", "end"], mask=pa.array(invalid))
-            out = (out.append_column(PASSAGES, pa.array(rows.passages, mask=invalid))
-                   .append_column(BEST_PASSAGE, pa.array(rows.best, mask=invalid))
-                   .append_column(BEST_PASSAGE_CHARS, chars))
+            for name, new in ((PASSAGES, pa.array(rows.passages, mask=invalid)),
+                              (BEST_PASSAGE, pa.array(rows.best, mask=invalid)), (BEST_PASSAGE_CHARS, chars)):
+                out = _merge(out, name, new, lambda old, new: pc.if_else(pc.is_valid(new), new, old))
         # Chained scorers (distillation teachers) each add to these instead of replacing them.
         if self.reranker.config.passages is not None:
             out = _merge(out, CAPPED, pa.array(rows.capped & rows.valid), pc.or_)

@@ -22,6 +22,30 @@ from reranker_actors.base import RerankerConfig
 from reranker_actors.registry import score_settings
 
 KEY_TYPE = pa.binary(16)
+# A cached value with passages (reranker_actors.passages): the score and where it came from.
+PASSAGE_VALUE = np.dtype([("score", np.float32), ("passages", np.int32), ("best", np.int32), ("start", np.int32),
+                          ("end", np.int32)])
+
+
+def value_dtype(passages: bool) -> np.dtype:
+    """What a lookup returns per key: a float32 score, or with passages a PASSAGE_VALUE."""
+    return PASSAGE_VALUE if passages else np.dtype(np.float32)
+
+
+def cache_values(table: pa.Table) -> np.ndarray:
+    """The values of cache rows (score, and passages, best_passage, best_passage_chars where
+    the table has them), as value_dtype gives them."""
+    score = table["score"].to_numpy().astype(np.float32) if len(table) else np.empty(0, np.float32)
+    if "best_passage_chars" not in table.column_names:
+        return score
+    out = np.empty(len(table), PASSAGE_VALUE)
+    chars = table["best_passage_chars"].combine_chunks() if len(table) else None
+    out["score"] = score
+    for name, column in (("passages", table["passages"]), ("best", table["best_passage"])):
+        out[name] = column.to_numpy() if len(table) else []
+    if chars is not None:
+        out["start"], out["end"] = chars.field("start").to_numpy(), chars.field("end").to_numpy()
+    return out
 
 
 def namespace_settings(reranker: RerankerConfig | dict[str, Any]) -> dict[str, Any]:
@@ -64,12 +88,12 @@ def key_halves(keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class CacheIndex:
-    """Sorted distinct keys (as two uint64 halves) and their scores: lookups by binary
-    search. A key given twice keeps its first row's score."""
+    """Sorted distinct keys (as two uint64 halves) and their values (value_dtype): lookups
+    by binary search. A key given twice keeps its first row's value."""
 
     hi: np.ndarray
     lo: np.ndarray
-    score: np.ndarray
+    score: np.ndarray  # float32, or PASSAGE_VALUE records
 
     @classmethod
     def from_table(cls, table: pa.Table) -> CacheIndex:
@@ -79,17 +103,16 @@ class CacheIndex:
         hi, lo = hi[order], lo[order]
         first = np.ones(len(hi), dtype=bool)
         first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
-        score = table["score"].to_numpy().astype(np.float32) if len(table) else np.empty(0, np.float32)
-        return cls(np.ascontiguousarray(hi[first]), np.ascontiguousarray(lo[first]), score[order][first])
+        return cls(np.ascontiguousarray(hi[first]), np.ascontiguousarray(lo[first]), cache_values(table)[order][first])
 
     def __len__(self) -> int:
         return len(self.hi)
 
     def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
-        """(found mask, scores) for `keys`; scores are 0 where not found."""
+        """(found mask, values) for `keys`; values are 0 where not found."""
         hi, lo = key_halves(keys)
         found = np.zeros(len(keys), dtype=bool)
-        scores = np.zeros(len(keys), dtype=np.float32)
+        scores = np.zeros(len(keys), dtype=self.score.dtype)
         if not len(self.hi):
             return found, scores
         left = np.searchsorted(self.hi, hi, side="left")

@@ -267,3 +267,19 @@ def test_the_actor_lists_pairs_without_room_or_quarantines_them_and_isolates_fai
                                                                                                      "end": 4}
     alone = score(queries[:1], ["heat transfer " * 30]).values[0]
     assert out[0]["score"] == pytest.approx(alone, abs=1e-6)
+
+
+@pytest.mark.parametrize("backend, fixture, max_length", [("cross_encoder", "tiny_xlmr_dir", MAX),
+                                                          ("llm_yes_no", "tiny_qwen3_dir", 200)])
+def test_passages_packed_without_padding_equal_the_padded_ones(request: pytest.FixtureRequest, backend: str,
+                                                               fixture: str, max_length: int) -> None:
+    # (on CUDA passages pack like pairs; here the packing runs with per-sequence attention)
+    model = request.getfixturevalue(fixture)
+    config = {"backend": backend, "model": model, "dtype": "float32", "max_length": max_length,
+              "passages": {"length": LENGTH, "stride": STRIDE, "max_per_doc": CAP, "aggregate": "mean"}}
+    padded, packed = build_reranker(config, CPU), build_reranker(config, CPU)
+    packed.use_packing()
+    docs = documents(AutoTokenizer.from_pretrained(model))
+    a, b = padded.score(QUERIES, docs), packed.score(QUERIES, docs)
+    assert packed.attention == "packed" and np.abs(a.values - b.values).max() < 1e-5
+    assert (a.passages == b.passages).all() and (a.best == b.best).all()

@@ -35,24 +35,23 @@ def config(tmp_path: Path, model: str, name: str = "out", **sections: dict) -> P
     return write_config(tmp_path / f"{name}.yaml", cfg)
 
 
-def test_passages_reach_every_model_and_what_they_cannot_go_with_is_refused(tmp_path: Path) -> None:
+def test_passages_reach_every_model_and_what_does_not_fit_is_refused(tmp_path: Path) -> None:
     cfg = load_config(config(tmp_path, "m"))
     assert cfg.reranker.passages is not None and cfg.reranker.passages.step == 12
     with pytest.raises(ConfigError, match=r"reranker.passages: set `passages:` at the top level"):
         load_config(config(tmp_path, "m", reranker={"passages": {"length": 8}}))
     with pytest.raises(ConfigError, match=r"(?s)passages.length \(64\) must be below reranker.max_length \(64\).*"
-                                         r"the score cache does not keep passage columns yet.*"
                                          r"input.extra_columns: 'best_passage' collides with a passage column"):
-        load_config(config(tmp_path, "m", passages={"length": 64}, cache={"path": str(tmp_path / "c")},
-                           input={"extra_columns": ["best_passage"]}))
-    stage = {"top_n": 5, "reranker": {"backend": "cross_encoder", "model": "m"}}
-    with pytest.raises(ConfigError, match=r"passages: cascade does not take passages yet"):
-        load_config(config(tmp_path, "m"), [f"cascade=[{stage}]"])
+        load_config(config(tmp_path, "m", passages={"length": 64}, input={"extra_columns": ["best_passage"]}))
+    stage = {"top_n": 5, "reranker": {"backend": "cross_encoder", "model": "m", "max_length": 128}}
+    cascade = load_config(config(tmp_path, "m"), [f"cascade=[{stage}]"])
+    assert cascade.cascade[0].reranker.passages == cascade.passages
     with pytest.raises(ConfigError, match=r"passages.stride"):
         load_config(config(tmp_path, "m", passages={"stride": 0}))
 
 
 def expected(model: str, pairs: list[dict]) -> object:
+    """The engine's passage scores of `pairs`, in this process (the reference tests check it)."""
     reranker = build_reranker({"backend": "cross_encoder", "model": model, "dtype": "float32", "max_length": 64,
                                "passages": PASSAGES}, torch.device("cpu"))
     return reranker.score([p["query"] for p in pairs], [p["doc"] for p in pairs])
@@ -122,3 +121,38 @@ def test_a_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_head: R
         assert row["score"] == pytest.approx(b[key]["score"], abs=5e-5)
         assert (row["rank"], row["passages"], row["best_passage"], row["best_passage_chars"]) == (
             b[key]["rank"], b[key]["passages"], b[key]["best_passage"], b[key]["best_passage_chars"])
+
+
+PASSAGE_FIELDS = ("score", "passages", "best_passage", "best_passage_chars")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_score_cache_keeps_the_passage_columns(tmp_path: Path, tiny_bert_dir: str) -> None:
+    cache = [f"cache.path={tmp_path / 'cache'}"]
+    first = run(load_config(config(tmp_path, tiny_bert_dir, "night1"), cache))
+    assert first.scored_now == 600
+    second = run(load_config(config(tmp_path, tiny_bert_dir, "night2"), cache))
+    assert (second.cached, second.scored_now) == (600, 0)
+    a, b = by_pair(tmp_path / "night1"), by_pair(tmp_path / "night2")
+    assert a.keys() == b.keys() and all(
+        [a[k][f] for f in PASSAGE_FIELDS] == [b[k][f] for f in PASSAGE_FIELDS] for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_a_cascade_scores_passages_in_every_stage_and_keeps_the_final_stages(tmp_path: Path, tiny_bert_dir: str,
+                                                                              tiny_xlmr_dir: str) -> None:
+    stage = {"top_n": 5, "reranker": {"backend": "cross_encoder", "model": tiny_xlmr_dir, "dtype": "float32",
+                                      "max_length": 64}, "actor": {"num_cpus": 0.5}}
+    run(load_config(config(tmp_path, tiny_bert_dir), [f"cascade=[{stage}]", "actor.num_cpus=0.5"]))
+    out = by_pair(tmp_path / "out")
+    pairs = sample_pairs().to_pylist()
+    first, second = expected(tiny_bert_dir, pairs), expected(tiny_xlmr_dir, pairs)
+    deep = 0
+    for i, p in enumerate(pairs):
+        row = out[(p["query_id"], p["doc_id"])]
+        want = second if row["stage2_score"] is not None else first
+        deep += row["stage2_score"] is not None
+        assert row["score"] == pytest.approx(float(want.values[i]), abs=5e-5)
+        assert (row["passages"], row["best_passage"]) == (want.passages[i], want.best[i])
+    assert deep == 100  # (20 queries x top 5)

@@ -221,3 +221,17 @@ def test_the_seeded_figures_give_a_self_consistent_plan_for_bge_m3_on_l4_and_h10
     assert h100["estimate"] is False and h200["estimate"] is False and l4["estimate"] is True
     # Every GPU figure shipped was recorded with the old counting until a GPU re-records it.
     assert all(p["warnings"] for p in (h100, h200, l4))
+
+
+def test_passages_per_pair_multiply_the_work_of_a_pair(capsys, figures) -> None:
+    path = figures(row(pairs_per_s=500.0, mean_tokens=200.0))
+    one = plan_json(capsys, path)
+    fifteen = plan_json(capsys, path, "--passages-per-pair", "15")
+    assert fifteen["pairs_per_s_per_gpu"] == pytest.approx(500.0 / 15, rel=1e-12)
+    assert fifteen["gpu_hours"] == pytest.approx(one["gpu_hours"] * 15, rel=1e-12)
+    assert [s["kind"] for s in fifteen["scaling"]] == ["passages"]
+    code, out, _ = run(capsys, "--pairs", "1e6", "--mean-tokens", "200", "--model", "BAAI/bge-reranker-v2-m3",
+                       "--gpu", "H100", "--figures", path, "--passages-per-pair", "15")
+    assert code == 0 and out.startswith("# 1,000,000 pairs x 15 passages x 200 tokens")
+    assert run(capsys, "--pairs", "1e6", "--mean-tokens", "200", "--model", "BAAI/bge-reranker-v2-m3", "--gpu",
+               "H100", "--figures", path, "--passages-per-pair", "0")[0] == 2
