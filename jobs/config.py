@@ -203,8 +203,16 @@ def with_passages(reranker: Any, passages: PassageConfig | None, key: str) -> An
     return reranker.model_copy(update={"passages": passages}) if passages is not None else reranker
 
 
+def reading_input(input_cfg: InputConfig, passages: PassageConfig | None) -> InputConfig:
+    """The input as the job reads it: passages.title's column carried along with the pairs."""
+    title = passages.title if passages else None
+    if not title or title in input_cfg.extra_columns:
+        return input_cfg
+    return input_cfg.model_copy(update={"extra_columns": [*input_cfg.extra_columns, title]})
+
+
 def passage_checks(passages: PassageConfig | None, rerankers: list[tuple[str, Any]],
-                   extra_columns: list[str]) -> list[str]:
+                   input_cfg: InputConfig) -> list[str]:
     """What passages need of the models and the input (the tokenizer's own checks run when an
     actor starts)."""
     if passages is None:
@@ -213,7 +221,10 @@ def passage_checks(passages: PassageConfig | None, rerankers: list[tuple[str, An
               f"({reranker.max_length}), which also holds the query and special tokens"
               for key, reranker in rerankers if passages.length >= reranker.max_length]
     errors += [f"input.extra_columns: {name!r} collides with a passage column ({', '.join(PASSAGE_COLUMNS)}); "
-               "rename it in the input" for name in extra_columns if name in PASSAGE_COLUMNS]
+               "rename it in the input" for name in input_cfg.extra_columns if name in PASSAGE_COLUMNS]
+    if passages.title and input_cfg.layout == "run":
+        errors.append("passages.title: not for the run layout yet; its titles are in the corpus, where "
+                      "input.columns.title joins them to each document's text")
     return errors
 
 
@@ -246,7 +257,7 @@ def _cross_checks(cfg: JobConfig) -> list[str]:
                           "a stage only sees what the previous stage passed on")
     errors += instruction_checks(cfg.input, [stage.reranker for _, stage in cfg.stages()])
     errors += layout_checks(cfg.input) + gate_checks(cfg)
-    errors += passage_checks(cfg.passages, [(k, s.reranker) for k, s in cfg.stages()], cfg.input.extra_columns)
+    errors += passage_checks(cfg.passages, [(k, s.reranker) for k, s in cfg.stages()], cfg.input)
     for name in cfg.input.extra_columns:
         if name in OUTPUT_COLUMNS or name in ("query", "doc", "path") or name.startswith(("_", "stage")):
             errors.append(

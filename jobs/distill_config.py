@@ -95,7 +95,8 @@ def _cross_checks(cfg: DistillConfig) -> list[str]:
         errors.append(str(e))
     if cfg.gates.min_teacher_agreement is not None and len(cfg.teachers) < 2:
         errors.append("gates.min_teacher_agreement: needs at least two teachers")
-    errors += passage_checks(cfg.passages, [(f"teachers.{i}.", t.reranker) for i, t in enumerate(cfg.teachers)], [])
+    errors += passage_checks(cfg.passages, [(f"teachers.{i}.", t.reranker) for i, t in enumerate(cfg.teachers)],
+                             cfg.input)
     return errors + instruction_checks(cfg.input, [t.reranker for t in cfg.teachers]) + layout_checks(cfg.input)
 
 

@@ -183,7 +183,8 @@ def _schema_errors(cfg: InputConfig, url: str, schema: pa.Schema) -> list[str]:
         known = top | inner
     for name in cfg.extra_columns:
         if name not in known:
-            errors.append(f"{url}: missing extra column {name!r}; present: {', '.join(known)}")
+            errors.append(f"{url}: missing column {name!r} (input.extra_columns or passages.title); "
+                          f"present: {', '.join(known)}")
     return errors
 
 

@@ -177,12 +177,21 @@ class ScoreActor:
             self.faults.left(batch[QUERY_ID].to_pylist(), batch[DOC_ID].to_pylist())
         return out
 
+    def _title_column(self, batch: pa.Table) -> str | None:
+        """passages.title's column, where the batch has it."""
+        passages = self.reranker.config.passages
+        title = passages.title if passages is not None else None
+        return title if title and title in batch.column_names else None
+
     def _look_up(self, batch: pa.Table, rows: _Rows) -> pa.FixedSizeBinaryArray:
         """Take cached scores; return every row's key (an invalid row's is never looked at)."""
         def texts(column: str) -> list[str]:
             return [t if ok else "" for t, ok in zip(batch[column].to_pylist(), rows.valid, strict=True)]
         instructions = texts(INSTRUCTION) if INSTRUCTION in batch.column_names else None
-        keys = pair_keys(self.dtype, texts(QUERY), texts(DOC), instructions)
+        docs = texts(DOC)
+        if title := self._title_column(batch):  # (the title changes the score: it is part of the key)
+            docs = [f"{t or ''}\0{d}" for t, d in zip(batch[title].to_pylist(), docs, strict=True)]
+        keys = pair_keys(self.dtype, texts(QUERY), docs, instructions)
         assert self.cache is not None
         hit, cached = self.cache.lookup(keys)
         rows.hit = hit & rows.valid
@@ -228,7 +237,10 @@ class ScoreActor:
         if self.faults:
             self.faults.check_rows(part[DOC_ID].to_pylist())
         instructions = part[INSTRUCTION].to_pylist() if INSTRUCTION in part.column_names else None
-        scores = self.reranker.score(part[QUERY].to_pylist(), part[DOC].to_pylist(), instructions)
+        title = self._title_column(part)
+        scores = (self.reranker.score(part[QUERY].to_pylist(), part[DOC].to_pylist(), instructions,
+                                      part[title].to_pylist()) if title else
+                  self.reranker.score(part[QUERY].to_pylist(), part[DOC].to_pylist(), instructions))
         if self.faults:
             return scores._replace(values=self.faults.poison(part[DOC_ID].to_pylist(), scores.values))
         return scores

@@ -162,10 +162,10 @@ class Reranker(ABC):
         return None
 
     @abstractmethod
-    def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Scores | PassageScores:
+    def score(self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None,
+              titles: Sequence[str | None] | None = None) -> Scores | PassageScores:
         """Scores of the pairs, in input order, and which pairs were truncated (with
-        config.passages: PassageScores).
+        config.passages: PassageScores; `titles`: passages.title's text per pair).
 
         `instructions` (per pair, None/empty = the configured default) is used by the
         families that take a task instruction; the others ignore it.

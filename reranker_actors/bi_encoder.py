@@ -58,8 +58,8 @@ class BiEncoderReranker(HFReranker):
         self.encoder.check_passages(passages, pairs=False)
 
     @inference_mode
-    def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Scores | PassageScores:
+    def score(self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None,
+              titles: Sequence[str | None] | None = None) -> Scores | PassageScores:
 
         unique = list(dict.fromkeys(queries))
         position = {q: i for i, q in enumerate(unique)}
@@ -68,7 +68,7 @@ class BiEncoderReranker(HFReranker):
         q_cut = np.array(q_enc.cut, dtype=bool)[which]
         passages = self.config.passages
         if passages is not None:  # (each passage embedded alone, as a short document would be)
-            d_enc, layout, _ = self.encoder.encode_passages(queries, docs, passages, pairs=False)
+            d_enc, layout, _ = self.encoder.encode_passages(queries, docs, passages, pairs=False, titles=titles)
             which = which[layout.owner]
         else:
             d_enc = self.encoder.encode_texts(docs, self.config.max_length)

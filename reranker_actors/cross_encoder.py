@@ -80,10 +80,10 @@ class CrossEncoderReranker(HFReranker):
         return out, cut
 
     @inference_mode
-    def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Scores | PassageScores:
+    def score(self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None,
+              titles: Sequence[str | None] | None = None) -> Scores | PassageScores:
         if self.config.passages is not None:
-            enc, layout, cut = self.encoder.encode_passages(queries, docs, self.config.passages)
+            enc, layout, cut = self.encoder.encode_passages(queries, docs, self.config.passages, titles=titles)
             raw, _ = self._forward([slice(0, len(enc.ids))], [enc])
             return aggregated(raw, layout, self.config.passages, self.config.activation, cut)
         parts = host_slices(len(queries), self.device)

@@ -222,12 +222,13 @@ class LLMYesNoReranker(HFReranker):
 
     @inference_mode
     def passage_logits(self, queries: Sequence[str], docs: Sequence[str],
-                       instructions: Sequence[str | None] | None = None) -> tuple[np.ndarray, Layout]:
+                       instructions: Sequence[str | None] | None = None,
+                       titles: Sequence[str | None] | None = None) -> tuple[np.ndarray, Layout]:
         """Logits of every passage (as `logits`), and which pair each belongs to."""
         import torch
 
         assert self.config.passages is not None
-        batch, layout = self.encoder.encode_passages(queries, docs, instructions, self.config.passages)
+        batch, layout = self.encoder.encode_passages(queries, docs, instructions, self.config.passages, titles)
         share = self.device.type == "cpu" and not self.packed
         done: list[tuple[np.ndarray, torch.Tensor]] = []
         self._enqueue(batch, share, done, 0)
@@ -236,11 +237,11 @@ class LLMYesNoReranker(HFReranker):
             out[np.concatenate([rows for rows, _ in done])] = torch.cat([t for _, t in done]).cpu().numpy()
         return out, layout
 
-    def score(self, queries: Sequence[str], docs: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Scores | PassageScores:
+    def score(self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None,
+              titles: Sequence[str | None] | None = None) -> Scores | PassageScores:
         passages = self.config.passages
         if passages is not None:
-            logits, layout = self.passage_logits(queries, docs, instructions)
+            logits, layout = self.passage_logits(queries, docs, instructions, titles)
             return aggregated(_margin(logits), layout, passages, self.config.activation, np.zeros(len(docs), bool))
         logits, truncated = self.logits(queries, docs, instructions)
         return Scores(activate(_margin(logits), self.config.activation), truncated)

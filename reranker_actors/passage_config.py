@@ -20,6 +20,8 @@ class PassageConfig(BaseModel):
     aggregate: Literal["max", "first", "mean", "kmaxavg"] = Field(
         "max", description="max (MaxP), first (FirstP), mean, or kmaxavg (mean of the k best).")
     k: int = Field(3, ge=1, description="kmaxavg: how many of the best passages are averaged.")
+    title: str | None = Field(None, description="An input column whose text is prepended to every passage; "
+                              "its tokens count inside the window, which shrinks by as many.")
 
     @property
     def step(self) -> int:

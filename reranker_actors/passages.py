@@ -21,6 +21,7 @@ from reranker_actors.base import PassageScores, activate
 from reranker_actors.passage_config import PassageConfig, window_starts
 
 NO_ROOM = "the prompt leaves no room for the document (passages): the query and instruction fill max_length"
+TITLE_FILLS = "passages.title: the title fills the passage and leaves no room for the document"
 
 
 @dataclass
@@ -42,10 +43,15 @@ class LayoutBuilder:
         self.capped = np.zeros(pairs, dtype=bool)
         self.invalid: list[str | None] = [None] * pairs
 
-    def windows(self, pair: int, offsets: list[tuple[int, int]], room: int, cfg: PassageConfig) -> list[slice]:
-        """The token slices of pair `pair`'s windows, given its document's token offsets and
-        the room its query leaves; each is recorded with its character span."""
-        length = min(cfg.length, room)
+    def windows(self, pair: int, offsets: list[tuple[int, int]], room: int, cfg: PassageConfig,
+                title: int = 0) -> list[slice]:
+        """The token slices of pair `pair`'s windows, given its document's token offsets, the
+        room its query leaves and its title's tokens (which the window makes room for); each is
+        recorded with its character span. None fit: the pair is invalid (TITLE_FILLS)."""
+        length = min(cfg.length, room) - title
+        if length < 1:
+            self.invalid[pair] = TITLE_FILLS
+            return []
         starts, self.capped[pair] = window_starts(len(offsets), length, min(cfg.step, length), cfg.max_per_doc)
         slices = [slice(s, min(s + length, len(offsets))) for s in starts]
         for cut in slices:

@@ -115,15 +115,20 @@ class PromptEncoder:
                              f"tokens); set passages.length to at most {max(room, 1)}")
 
     def encode_passages(self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None,
-                        cfg: PassageConfig) -> tuple[PromptBatch, Layout]:
+                        cfg: PassageConfig, titles: Sequence[str | None] | None = None
+                        ) -> tuple[PromptBatch, Layout]:
         """Every pair's passages: the body tokenized as one text (as `encode` does), split where
         the document's tokens begin and end; each passage is the prompt with a window of the
         document's tokens in their place. So a document that fits is its pair's prompt exactly.
-        A pair whose instruction and query leave no room is invalid (NO_ROOM)."""
+        A pair whose instruction and query leave no room is invalid (NO_ROOM). A title's tokens
+        (tokenized alone) come before each window."""
         inst = self._instructions(instructions, len(docs))
         need = (cfg.max_per_doc - 1) * cfg.step + cfg.length + 1  # (doc tokens that can matter)
         char_cap = need * CHARS_PER_TOKEN_BOUND + 64
         head_t, _, tail_t = self.body.partition("{doc}")
+        unique = list(dict.fromkeys(t or "" for t in titles)) if titles else []
+        title_of = {t: e.ids for t, e in zip(unique, self.tok.encode_batch(unique, add_special_tokens=False),
+                                              strict=True)}
         builder = LayoutBuilder(len(docs))
         ids: list[list[int]] = []
         keys: list[tuple[str, str]] = []
@@ -137,8 +142,9 @@ class PromptEncoder:
                 continue
             d_ids = [t for t, _ in body]
             offsets = [o for _, o in body]
-            for window in builder.windows(i, offsets, room, cfg):
-                ids.append(self.prefix + head + d_ids[window] + tail + self.suffix)
+            title = title_of[titles[i] or ""] if titles else []
+            for window in builder.windows(i, offsets, room, cfg, len(title)):
+                ids.append(self.prefix + head + title + d_ids[window] + tail + self.suffix)
                 keys.append((instruction, query))
         return PromptBatch(ids, _groups(ids, keys), [False] * len(ids)), builder.build()
 

@@ -153,6 +153,11 @@ class TextEncoder:
                              f"in reranker.max_length {self.max_length} ({t.num_special} special tokens); set "
                              f"reranker.query_max_length to at most {room - 1}")
 
+    def title_ids(self, titles: Sequence[str | None] | None) -> dict[str, list[int]]:
+        """Each distinct title's token ids (no special tokens)."""
+        unique = list(dict.fromkeys(t or "" for t in titles)) if titles else []
+        return {t: e.ids for t, e in zip(unique, self.tok.encode_batch(unique, add_special_tokens=False), strict=True)}
+
     def document_encodings(self, docs: Sequence[str], cap: int) -> list[Encoding]:
         """Each document's encoding (no special tokens, with character offsets), exact in its
         first `cap` tokens; a long one is cut by characters first where that is provably exact."""
@@ -164,11 +169,12 @@ class TextEncoder:
         return encs
 
     def encode_passages(self, queries: Sequence[str], docs: Sequence[str], cfg: PassageConfig,
-                        pairs: bool = True) -> tuple[Encoded, Layout, np.ndarray]:
+                        pairs: bool = True, titles: Sequence[str | None] | None = None
+                        ) -> tuple[Encoded, Layout, np.ndarray]:
         """Every pair's passages (pairs: the query, capped, then a window of the document, as
-        encode_pairs composes a pair; else the window alone), their layout, and whether each
-        pair's query was cut. Each distinct document is tokenized once, its windows are slices
-        of its ids."""
+        encode_pairs composes a pair; else the window alone; a title's tokens before the
+        window), their layout, and whether each pair's query was cut. Each distinct document is
+        tokenized once, its windows are slices of its ids."""
         t = self.pair if pairs else self.single
         unique = list(dict.fromkeys(docs))
         encs = self.document_encodings(unique, (cfg.max_per_doc - 1) * cfg.step + cfg.length + 1)
@@ -176,13 +182,15 @@ class TextEncoder:
         if pairs:
             unique_q = list(dict.fromkeys(queries))
             q_of = dict(zip(unique_q, zip(*self._encode_capped(unique_q, self.query_cap), strict=True), strict=True))
+        title_of = self.title_ids(titles)
         builder = LayoutBuilder(len(docs))
         ids, types, q_cut = [], [], np.zeros(len(docs), dtype=bool)
         for i, doc in enumerate(docs):
             q, q_cut[i] = q_of[queries[i]] if pairs else ([], False)
             d_ids, offsets = d_of[doc]
-            for window in builder.windows(i, offsets, self.max_length - t.num_special - len(q), cfg):
-                d = d_ids[window]
+            title = title_of[titles[i] or ""] if titles else []
+            for window in builder.windows(i, offsets, self.max_length - t.num_special - len(q), cfg, len(title)):
+                d = title + d_ids[window]
                 if pairs:
                     ids.append(t.prefix + q + t.middle + d + t.suffix)
                     types.append(t.prefix_types + [t.type_a] * len(q) + t.middle_types

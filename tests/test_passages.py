@@ -283,3 +283,50 @@ def test_passages_packed_without_padding_equal_the_padded_ones(request: pytest.F
     a, b = padded.score(QUERIES, docs), packed.score(QUERIES, docs)
     assert packed.attention == "packed" and np.abs(a.values - b.values).max() < 1e-5
     assert (a.passages == b.passages).all() and (a.best == b.best).all()
+
+
+TITLES = ["Boundary layers", "", "Wings in a slipstream", "turbulent separation near the trailing edge of wings",
+          "传热"]
+
+
+def test_a_title_before_every_window_shrinks_it_and_equals_the_reference(tiny_bert_dir: str,
+                                                                         tiny_qwen3_dir: str) -> None:
+    tok, model = loaded(tiny_bert_dir, AutoModelForSequenceClassification)
+    docs = documents(tok)
+    cfg = {"length": LENGTH, "stride": STRIDE, "max_per_doc": CAP, "title": "headline"}
+    out = build_reranker({"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32", "max_length": MAX,
+                          "passages": cfg}, CPU).score(QUERIES, docs, None, TITLES)
+    for i, (query, doc, title) in enumerate(zip(QUERIES, docs, TITLES, strict=True)):
+        q = tok(query, add_special_tokens=False)["input_ids"][: MAX * 3 // 4]
+        t = tok(title, add_special_tokens=False)["input_ids"]
+        d = tok(doc, add_special_tokens=False)["input_ids"]
+        length = min(LENGTH, MAX - 3 - len(q)) - len(t)  # (the window makes room for the title)
+        scores = []
+        for s in starts(len(d), length, min(STRIDE, length), CAP):
+            with torch.no_grad():
+                scores.append(float(model(**by_hand(tok, q, t + d[s:s + length])).logits[0, 0]))
+        assert out.values[i] == pytest.approx(max(scores), abs=1e-5) and out.passages[i] == len(scores)
+
+    tok, model = loaded(tiny_qwen3_dir, AutoModelForCausalLM)
+    long_title = "a title of many words " * 10
+    out = build_reranker({"backend": "llm_yes_no", "model": tiny_qwen3_dir, "dtype": "float32", "max_length": 200,
+                          "activation": "raw", "passages": cfg}, CPU).score(
+        QUERIES[:3], documents(tok)[:3], None, ["Boundary layers", None, long_title])
+    assert out.invalid[2] == "passages.title: the title fills the passage and leaves no room for the document"
+    prefix = tok(QWEN3_PREFIX, add_special_tokens=False)["input_ids"]
+    suffix = tok(QWEN3_SUFFIX, add_special_tokens=False)["input_ids"]
+    yes, no = tok.convert_tokens_to_ids("yes"), tok.convert_tokens_to_ids("no")
+    for i, title in enumerate(["Boundary layers", ""]):
+        doc = documents(tok)[i]
+        head_text = QWEN3_BODY.split("{doc}")[0].format(instruction=QWEN3_INSTRUCTION, query=QUERIES[i])
+        enc = tok(head_text + doc, add_special_tokens=False, return_offsets_mapping=True)
+        first = next(k for k, (_, b) in enumerate(enc["offset_mapping"]) if b > len(head_text))
+        head, d = enc["input_ids"][:first], enc["input_ids"][first:]
+        t = tok(title, add_special_tokens=False)["input_ids"]
+        length = min(LENGTH, 200 - len(prefix) - len(suffix) - len(head)) - len(t)
+        scores = []
+        for s in starts(len(d), length, min(STRIDE, length), CAP):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prefix + head + t + d[s:s + length] + suffix])).logits[0, -1]
+            scores.append(float(logits[yes] - logits[no]))
+        assert out.values[i] == pytest.approx(max(scores), abs=1e-5)

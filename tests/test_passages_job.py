@@ -156,3 +156,29 @@ def test_a_cascade_scores_passages_in_every_stage_and_keeps_the_final_stages(tmp
         assert row["score"] == pytest.approx(float(want.values[i]), abs=5e-5)
         assert (row["passages"], row["best_passage"]) == (want.passages[i], want.best[i])
     assert deep == 100  # (20 queries x top 5)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_passages_title_is_read_from_the_input_and_prepended_but_not_output(tmp_path: Path, tiny_bert_dir: str) -> None:
+    import pyarrow as pa
+
+    pairs = sample_pairs()
+    headlines = [f"Cranfield {d}" for d in pairs["doc_id"].to_pylist()]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pairs.append_column("headline", pa.array(headlines)), tmp_path / "in" / "pairs.parquet")
+    path = config(tmp_path, tiny_bert_dir, passages={"title": "headline"})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["input"]["path"] = str(tmp_path / "in")
+    run(load_config(write_config(path, cfg)))
+    reranker = build_reranker({"backend": "cross_encoder", "model": tiny_bert_dir, "dtype": "float32",
+                               "max_length": 64, "passages": PASSAGES | {"title": "headline"}}, torch.device("cpu"))
+    rows = pairs.to_pylist()
+    want = reranker.score([p["query"] for p in rows], [p["doc"] for p in rows], None, headlines)
+    plain = expected(tiny_bert_dir, rows)
+    out = by_pair(tmp_path / "out")
+    got = np.array([out[(p["query_id"], p["doc_id"])]["score"] for p in rows])
+    np.testing.assert_allclose(got, want.values, atol=5e-5)
+    assert np.abs(got - plain.values).max() > 1e-3  # (the title changed the scores)
+    assert "headline" not in pq.read_schema(next((tmp_path / "out").glob("part-*.parquet"))).names
+    with pytest.raises(ConfigError, match=r"passages.title: not for the run layout yet"):
+        load_config(path, ["input.layout=run", "input.corpus=c.jsonl", "input.queries=q.jsonl"])
