@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -53,3 +55,17 @@ def batches(log: Path) -> list[tuple[float, set[Pair]]]:
 def time_to_durable(left: list[tuple[float, set[Pair]]], durable: dict[Pair, float]) -> list[float | None]:
     """Per batch, seconds from leaving the actor until its last pair was durable (None: never)."""
     return [max(durable[p] for p in pairs) - end if pairs <= durable.keys() else None for end, pairs in left]
+
+
+def kill_after_batches(proc: subprocess.Popen, log: Path, count: int, settle_s: float = 1.5,
+                       timeout_s: float = 300) -> None:
+    """SIGKILL the driver `proc` once `count` batches left the actor (its batch_log) and
+    `settle_s` more passed (their checkpoints written)."""
+    deadline = time.time() + timeout_s
+    while len(batches(log)) < count:
+        assert proc.poll() is None, "the driver ended before the kill"
+        assert time.time() < deadline, f"{count} batches were not scored within {timeout_s:.0f} s"
+        time.sleep(0.05)
+    time.sleep(settle_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)

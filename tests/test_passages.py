@@ -94,8 +94,9 @@ def by_hand(tok, q: list[int], w: list[int]) -> dict[str, torch.Tensor]:
     return {"input_ids": torch.tensor([[cls, *q, sep, sep, *w, sep]])}
 
 
-@pytest.mark.parametrize("how", AGGREGATES)
-@pytest.mark.parametrize("fixture", ["tiny_bert_dir", "tiny_xlmr_dir"])
+# (XLM-R's 250k-token vocabulary makes each model load seconds: its other aggregations run in the slow tier)
+@pytest.mark.parametrize("fixture, how", [("tiny_bert_dir", how) for how in AGGREGATES] + [
+    ("tiny_xlmr_dir", "max"), *(pytest.param("tiny_xlmr_dir", how, marks=pytest.mark.slow) for how in AGGREGATES[1:])])
 def test_cross_encoder_passages_equal_the_reference(request: pytest.FixtureRequest, fixture: str, how: str) -> None:
     model_dir = request.getfixturevalue(fixture)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -269,7 +270,7 @@ def test_the_actor_lists_pairs_without_room_or_quarantines_them_and_isolates_fai
     assert out[0]["score"] == pytest.approx(alone, abs=1e-6)
 
 
-@pytest.mark.parametrize("backend, fixture, max_length", [("cross_encoder", "tiny_xlmr_dir", MAX),
+@pytest.mark.parametrize("backend, fixture, max_length", [("cross_encoder", "tiny_bert_dir", MAX),
                                                           ("llm_yes_no", "tiny_qwen3_dir", 200)])
 def test_passages_packed_without_padding_equal_the_padded_ones(request: pytest.FixtureRequest, backend: str,
                                                                fixture: str, max_length: int) -> None:

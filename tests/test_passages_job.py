@@ -3,8 +3,6 @@ Ray, distillation teachers, and a driver killed mid-run (slow tier)."""
 
 from __future__ import annotations
 
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from jobs.errors import ConfigError
 from jobs.rerank import run
 from reranker_actors.registry import build_reranker
 from tests.conftest import SAMPLE, job_config, published, sample_pairs, write_config
-from tests.durability import batches
+from tests.durability import kill_after_batches
 from tests.ray_head import RayHead, driver, finish
 from tests.run_layout import by_pair, report
 
@@ -102,15 +100,7 @@ def test_a_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_head: R
     killed = config(tmp_path, tiny_bert_dir, "killed")
     killed = write_config(killed, {**yaml.safe_load(killed.read_text()), "actor": {"batch_size": 50}})
     log = tmp_path / "batches"
-    proc = driver(ray_head, killed, {"sleep_per_batch": 0.5, "batch_log": str(log)})
-    deadline = time.time() + 300
-    while len(batches(log)) < 5:  # (of 12)
-        assert proc.poll() is None, f"driver ended before the kill: {finish(proc)[1][-3000:]}"
-        assert time.time() < deadline, "5 batches were not scored within 300 s"
-        time.sleep(0.05)
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_after_batches(driver(ray_head, killed, {"sleep_per_batch": 0.5, "batch_log": str(log)}), log, 5)  # (of 12)
     assert not published(tmp_path / "killed")
     code, out = finish(driver(ray_head, killed))
     assert code == 0, out[-4000:]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ from jobs.normalize import TextCheck
 from jobs.rerank import main, run
 from jobs.text_join import SIDE, SOURCE, join_partition
 from tests.conftest import KEY_ID, REPO, SECRET, job_config, published, s3, write_config
-from tests.durability import batches
+from tests.durability import kill_after_batches
 from tests.ray_head import BIN, RayHead, driver, finish
 from tests.run_layout import RUN_SAMPLE, assert_same_output, by_pair, flat_input, report, run_input
 
@@ -282,15 +280,7 @@ def test_a_driver_killed_mid_run_on_a_trec_run_resumes_from_its_converted_copy_e
     config = family_config(tmp_path, "out", tiny_bert_dir, "cross_encoder", 128, run_input(tmp_path, "trec"))
     config = write_config(config, {**yaml.safe_load(config.read_text()), "actor": {"batch_size": 50}})
     log1, count = tmp_path / "batches-1", tmp_path / "scored-2"
-    proc = driver(ray_head, config, {"sleep_per_batch": 0.5, "batch_log": str(log1)})
-    deadline = time.time() + 300
-    while len(batches(log1)) < 5:  # (of 12)
-        assert proc.poll() is None, f"driver ended before the kill: {finish(proc)[1][-3000:]}"
-        assert time.time() < deadline, "5 batches were not scored within 300 s"
-        time.sleep(0.05)
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    kill_after_batches(driver(ray_head, config, {"sleep_per_batch": 0.5, "batch_log": str(log1)}), log1, 5)  # (of 12)
     assert not published(tmp_path / "out")
     assert list((tmp_path / "out").glob("_checkpoints/*/converted/*.parquet"))  # (the text run's Parquet copy)
     durable = sum(json.loads(p.read_text())["rows"] for p in (tmp_path / "out").glob("_checkpoints/*/manifest/*"))
