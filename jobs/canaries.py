@@ -36,6 +36,7 @@ from reranker_actors.canaries import Canaries
 
 TEXT_COLUMNS = ("query", "doc")
 INSTRUCTION_COLUMN = "instruction"
+TITLE_COLUMN = "title"  # passages.title's text, where the job has one
 MAX_CANARIES = 10_000
 SAMPLE_ROWS = 200_000  # output rows the pairs are chosen among
 
@@ -52,8 +53,9 @@ class CanaryFile:
             return None
         instructions = (self.table[INSTRUCTION_COLUMN].to_pylist()
                         if INSTRUCTION_COLUMN in self.table.column_names else None)
+        titles = self.table[TITLE_COLUMN].to_pylist() if TITLE_COLUMN in self.table.column_names else None
         return asdict(Canaries(self.url, self.table["query"].to_pylist(), self.table["doc"].to_pylist(),
-                               instructions, self.table[column].to_pylist(), self.tolerance))
+                               instructions, self.table[column].to_pylist(), self.tolerance, titles))
 
 
 def load_canaries(url: str, columns: list[str], tolerance: float) -> CanaryFile:
@@ -132,7 +134,10 @@ def texts_of(cfg: Any, chosen: pa.Table, scratch: str) -> pa.Table:
 
     wanted = {(q, d) for q, d in zip(chosen[QUERY_ID].to_pylist(), chosen[DOC_ID].to_pylist(), strict=True)}
     keys = pa.array([f"{q}\t{d}" for q, d in sorted(wanted)])
-    inputs = discover(cfg.input)
+    from jobs.config import reading_input
+
+    title = cfg.passages.title if cfg.passages else None
+    inputs = discover(reading_input(cfg.input, cfg.passages))
     fs, root = fsspec.core.url_to_fs(scratch)
     with ray_session(cfg.ray):
         inputs = convert_runs(inputs, fs, posixpath.join(root, "converted"))
@@ -140,7 +145,8 @@ def texts_of(cfg: Any, chosen: pa.Table, scratch: str) -> pa.Table:
 
         def keep(batch: pa.Table) -> pa.Table:
             key = pc.binary_join_element_wise(batch[QUERY_ID], batch[DOC_ID], "\t")
-            cols = [QUERY_ID, DOC_ID, QUERY, DOC, *([INSTRUCTION] if INSTRUCTION in batch.column_names else [])]
+            cols = [QUERY_ID, DOC_ID, QUERY, DOC, *([INSTRUCTION] if INSTRUCTION in batch.column_names else []),
+                    *([title] if title else [])]
             return batch.filter(pc.is_in(key, keys)).select(cols)
 
         found = pa.concat_tables([ray.get(b) for b in ds.map_batches(keep, batch_format="pyarrow",
@@ -173,6 +179,8 @@ def record(cfg: Any, pairs: int) -> pa.Table:
     out = {"query_id": table[QUERY_ID], "doc_id": table[DOC_ID], "query": table[QUERY], "doc": table[DOC]}
     if INSTRUCTION in table.column_names and table[INSTRUCTION].null_count < len(table):
         out[INSTRUCTION_COLUMN] = table[INSTRUCTION]
+    if cfg.passages and cfg.passages.title:
+        out[TITLE_COLUMN] = pc.fill_null(table[cfg.passages.title].cast(pa.string()), "")
     return pa.table(out | {c: pc.cast(table[c], pa.float32()) for c in columns})
 
 

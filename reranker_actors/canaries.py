@@ -25,10 +25,13 @@ class Canaries:
     instructions: list[str] | None
     scores: list[float]  # the recorded scores of this actor's score column
     tolerance: float
+    titles: list[str] | None = None  # passages.title's text per pair, where the job has one
 
     def check(self, reranker: Reranker, column: str) -> None:
         """Score the canaries; raise GateFailure naming the pairs that moved past the tolerance."""
-        got = reranker.score(self.queries, self.docs, self.instructions).values.astype(np.float64)
+        scored = (reranker.score(self.queries, self.docs, self.instructions, self.titles) if self.titles is not None
+                  else reranker.score(self.queries, self.docs, self.instructions))
+        got = scored.values.astype(np.float64)
         want = np.asarray(self.scores, dtype=np.float64)
         delta = np.abs(got - want)
         bad = np.flatnonzero(~(delta <= self.tolerance))  # (NaN counts as moved)

@@ -152,8 +152,9 @@ class PromptEncoder:
                ) -> tuple[list[int], list[tuple[int, tuple[int, int]]], list[int]]:
         """The body's token ids before the document, the document's (id, its character offsets
         in the document) and those after it: one encoding of the whole body, the document cut
-        by characters first where that provably leaves its first `need` tokens unchanged."""
-        for cut in ((doc[:char_cap],) if len(doc) > char_cap else ()) + (doc,):
+        by characters first where that provably leaves its first `need` tokens unchanged (only
+        where the document ends the body: text after it would be tokenized after the cut)."""
+        for cut in ((doc[:char_cap],) if len(doc) > char_cap and not tail_text else ()) + (doc,):
             text = head_text + cut + tail_text
             enc = self.tok.encode(text, add_special_tokens=True)
             start, end = len(head_text), len(head_text) + len(cut)

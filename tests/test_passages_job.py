@@ -148,6 +148,7 @@ def test_a_cascade_scores_passages_in_every_stage_and_keeps_the_final_stages(tmp
     assert deep == 100  # (20 queries x top 5)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_passages_title_is_read_from_the_input_and_prepended_but_not_output(tmp_path: Path, tiny_bert_dir: str) -> None:
     import pyarrow as pa
@@ -172,3 +173,11 @@ def test_passages_title_is_read_from_the_input_and_prepended_but_not_output(tmp_
     assert "headline" not in pq.read_schema(next((tmp_path / "out").glob("part-*.parquet"))).names
     with pytest.raises(ConfigError, match=r"passages.title: not for the run layout yet"):
         load_config(path, ["input.layout=run", "input.corpus=c.jsonl", "input.queries=q.jsonl"])
+    # Canaries recorded from this output carry the titles, and a rerun with them passes its gate.
+    from jobs import canaries
+
+    recorded = tmp_path / "canaries.parquet"
+    assert canaries.main(["--config", str(path), "--out", str(recorded), "--pairs", "8"]) == 0
+    assert pq.read_table(recorded)["title"].to_pylist()[0].startswith("Cranfield ")
+    summary = run(load_config(path, [f"gates.canaries={recorded}", "gates.canary_tolerance=1e-4"]))
+    assert summary.gates["refused"] is False
