@@ -134,10 +134,10 @@ def texts_of(cfg: Any, chosen: pa.Table, scratch: str) -> pa.Table:
 
     wanted = {(q, d) for q, d in zip(chosen[QUERY_ID].to_pylist(), chosen[DOC_ID].to_pylist(), strict=True)}
     keys = pa.array([f"{q}\t{d}" for q, d in sorted(wanted)])
-    from jobs.config import reading_input
+    from jobs.config import reading_input, title_apart
 
     title = cfg.passages.title if cfg.passages else None
-    inputs = discover(reading_input(cfg.input, cfg.passages))
+    inputs = discover(reading_input(cfg.input, cfg.passages), title_apart(cfg.input, cfg.passages))
     fs, root = fsspec.core.url_to_fs(scratch)
     with ray_session(cfg.ray):
         inputs = convert_runs(inputs, fs, posixpath.join(root, "converted"))

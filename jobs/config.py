@@ -204,11 +204,17 @@ def with_passages(reranker: Any, passages: PassageConfig | None, key: str) -> An
 
 
 def reading_input(input_cfg: InputConfig, passages: PassageConfig | None) -> InputConfig:
-    """The input as the job reads it: passages.title's column carried along with the pairs."""
+    """The input as the job reads it: passages.title's column carried along with the pairs (the
+    run layout reads it from the corpus instead: title_apart)."""
     title = passages.title if passages else None
-    if not title or title in input_cfg.extra_columns:
+    if not title or title in input_cfg.extra_columns or input_cfg.layout == "run":
         return input_cfg
     return input_cfg.model_copy(update={"extra_columns": [*input_cfg.extra_columns, title]})
+
+
+def title_apart(input_cfg: InputConfig, passages: PassageConfig | None) -> str | None:
+    """The run layout's passages.title: the corpus's title column (BEIR: "title"), kept apart."""
+    return passages.title if passages and input_cfg.layout == "run" else None
 
 
 def passage_checks(passages: PassageConfig | None, rerankers: list[tuple[str, Any]],
@@ -222,9 +228,9 @@ def passage_checks(passages: PassageConfig | None, rerankers: list[tuple[str, An
               for key, reranker in rerankers if passages.length >= reranker.max_length]
     errors += [f"input.extra_columns: {name!r} collides with a passage column ({', '.join(PASSAGE_COLUMNS)}); "
                "rename it in the input" for name in input_cfg.extra_columns if name in PASSAGE_COLUMNS]
-    if passages.title and input_cfg.layout == "run":
-        errors.append("passages.title: not for the run layout yet; its titles are in the corpus, where "
-                      "input.columns.title joins them to each document's text")
+    if passages.title and input_cfg.layout == "run" and input_cfg.columns.title:
+        errors.append("passages.title: the run layout takes the corpus's title either joined to each document's "
+                      "text (input.columns.title) or before every passage (passages.title), not both")
     return errors
 
 

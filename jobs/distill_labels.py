@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 import ray.data
 
 from jobs.cli import run_cli
-from jobs.config import ActorConfig, reading_input
+from jobs.config import ActorConfig, reading_input, title_apart
 from jobs.distill_config import DistillConfig, load_config
 from jobs.evaluate import Qrels, evaluate, read_run
 from jobs.evaluate import Run as Ranking
@@ -100,6 +100,7 @@ class DistillJob(Job[Labelled]):
     def __init__(self, cfg: DistillConfig) -> None:
         self.cfg = self.config = cfg
         self.input, self.output_path, self.cache = reading_input(cfg.input, cfg.passages), cfg.output.path, cfg.cache
+        self.title_apart = title_apart(cfg.input, cfg.passages)
         self.ray, self.qrels_path = cfg.ray, cfg.qrels
         self.keep_texts = True  # (the labels carry them)
         self.gates = cfg.gates

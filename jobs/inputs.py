@@ -236,16 +236,17 @@ def list_files(spec: str | list[str], key: str, suffixes: tuple[str, ...] = (".p
     return Listed(fs, list(dict.fromkeys(paths)), dirs)
 
 
-def discover(cfg: InputConfig) -> Inputs:
+def discover(cfg: InputConfig, title_apart: str | None = None) -> Inputs:
     """List the input files, read their footers, and check their schemas (the run layout:
-    jobs.run_inputs, which also finds the corpus and queries).
+    jobs.run_inputs, which also finds the corpus and queries; `title_apart`: passages.title,
+    the corpus's title kept apart from the text).
 
     Raises InputError listing every unreadable file and every schema problem.
     """
     if cfg.layout == "run":
         from jobs.run_inputs import discover_run
 
-        return discover_run(cfg)
+        return discover_run(cfg, title_apart)
     return parquet_inputs(cfg, list_files(cfg.path, "input.path"))
 
 

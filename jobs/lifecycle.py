@@ -105,6 +105,7 @@ class Job(ABC, Generic[P]):
     keep_texts: bool  # the checkpoints keep the texts: a later stage scores them again
     gates: HealthGates
     passage_columns: bool = False  # its scorers write passages, best_passage, best_passage_chars
+    title_apart: str | None = None  # the run layout's passages.title: the corpus's title, kept apart
 
     def canary(self, run: Run, column: str) -> dict[str, Any] | None:
         """What the actors scoring `column` check at start (gates.canaries), or None."""
@@ -161,7 +162,7 @@ class Job(ABC, Generic[P]):
 def _open(job: Job, clock: Stopwatch) -> Run:
     """Validate before any work: the inputs' footers, qrels and the output directory."""
     with clock.stage("validate"):
-        inputs = discover(job.input)
+        inputs = discover(job.input, job.title_apart)
         qrels = load_qrels(job.qrels_path) if job.qrels_path else None
         out = OutputDir(job.output_path)
         out.prepare(inputs.paths, inputs.dirs)

@@ -24,7 +24,7 @@ import ray
 
 from jobs.cascade import StageCheckpoints, rank_cascade
 from jobs.cli import run_cli
-from jobs.config import ActorConfig, JobConfig, load_config, reading_input
+from jobs.config import ActorConfig, JobConfig, load_config, reading_input, title_apart
 from jobs.errors import ConfigError
 from jobs.evaluate import Run as Ranking
 from jobs.evaluate import evaluate, mean, read_run
@@ -69,6 +69,7 @@ class RerankJob(Job[Ranked]):
     def __init__(self, cfg: JobConfig) -> None:
         self.cfg = self.config = cfg
         self.input, self.output_path, self.cache = reading_input(cfg.input, cfg.passages), cfg.output.path, cfg.cache
+        self.title_apart = title_apart(cfg.input, cfg.passages)
         self.ray, self.qrels_path = cfg.ray, cfg.eval.qrels
         self.keep_texts = bool(cfg.cascade)
         self.gates = cfg.gates

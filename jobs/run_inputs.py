@@ -54,9 +54,11 @@ class TextSource:
     text_column: str
     title_column: str | None = None
     instruction_column: str | None = None
+    title_apart: str | None = None  # passages.title: the corpus's title, kept apart under this name
 
     def parquet_columns(self) -> list[str]:
-        return [c for c in (self.id_column, self.text_column, self.title_column, self.instruction_column) if c]
+        return list(dict.fromkeys(c for c in (self.id_column, self.text_column, self.title_column,
+                                              self.instruction_column, self.title_apart) if c))
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Texts:
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def discover_run(cfg: InputConfig) -> Inputs:
+def discover_run(cfg: InputConfig, title_apart: str | None = None) -> Inputs:
     """The run files (footers read, or text files listed) and the corpus and queries."""
     listed = list_files(cfg.path, "input.path", RUN_SUFFIXES)
     formats = {p: run_format(listed.url(p), cfg.format) for p in listed.paths}
@@ -85,7 +87,7 @@ def discover_run(cfg: InputConfig) -> Inputs:
         examples = "; ".join(f"{k}: {next(listed.url(p) for p, f in formats.items() if f == k)}" for k in kinds)
         raise InputError(f"input.path: the run files are in {len(kinds)} formats ({examples}); give one format "
                          "per job, or set input.format")
-    texts = discover_texts(cfg)
+    texts = discover_texts(cfg, title_apart)
     if kinds == ["parquet"]:
         inputs = parquet_inputs(cfg, listed)
         return replace(inputs, texts=texts, cfg=cfg)
@@ -109,20 +111,23 @@ def _text_runs(cfg: InputConfig, listed: Listed, fmt: str, texts: Texts) -> Inpu
                   listed.dirs, texts, effective)
 
 
-def discover_texts(cfg: InputConfig) -> Texts:
+def discover_texts(cfg: InputConfig, title_apart: str | None = None) -> Texts:
+    """The corpus and queries; `title_apart` (passages.title): the corpus's title column (or
+    BEIR's "title" field), kept apart from the document's text."""
     c = cfg.columns
     assert cfg.corpus is not None and cfg.queries is not None  # (config validation)
-    corpus = _source("input.corpus", cfg.corpus, c.doc_id, c.doc, c.title, None, "documents")
+    corpus = _source("input.corpus", cfg.corpus, c.doc_id, c.doc, c.title, None, "documents", title_apart)
     queries = _source("input.queries", cfg.queries, c.query_id, c.query, None, c.instruction, "queries")
     return Texts(corpus, queries)
 
 
 def _source(key: str, spec: str | list[str], id_column: str, text_column: str, title: str | None,
-            instruction: str | None, what: str) -> TextSource:
+            instruction: str | None, what: str, title_apart: str | None = None) -> TextSource:
     """A corpus or queries: every file listed, Parquet footers checked, none empty."""
     listed = list_files(spec, key, TEXT_SUFFIXES)
     source = TextSource(key, listed.fs, [(listed.url(p), p) for p in listed.paths],
-                        [str(listed.fs.ukey(p)) for p in listed.paths], id_column, text_column, title, instruction)
+                        [str(listed.fs.ukey(p)) for p in listed.paths], id_column, text_column, title, instruction,
+                        title_apart)
     errors, rows = [], 0
     for url, path in source.files:
         if path.endswith(".parquet"):
@@ -137,10 +142,18 @@ def _source(key: str, spec: str | list[str], id_column: str, text_column: str, t
                        for field, role, col in ((id_key, "id", id_column), (text_key, "text", text_column),
                                                 ("title", "title", title), ("instruction", "instruction", instruction))
                        if col and col not in names]
+            if title_apart and title_apart not in names:
+                errors.append(f"{key} {url!r}: missing column {title_apart!r} (passages.title); present: "
+                              f"{', '.join(names)}")
             rows += footer.num_rows
         elif not path.endswith(TEXT_FORMATS + GZ):
             errors.append(f"{key} {url!r}: unknown format; accepted: .parquet, .jsonl (BEIR), .tsv (id<TAB>text), "
                           "each optionally .gz")
+        elif title_apart and not path.endswith((".jsonl", ".jsonl.gz")):
+            errors.append(f"{key} {url!r}: a TSV corpus has no titles for passages.title; use a BEIR corpus.jsonl "
+                          "or a Parquet corpus with a title column")
+        elif title_apart and title_apart != "title":
+            errors.append(f"{key} {url!r}: a BEIR corpus's title is its \"title\" field; set passages.title: title")
         elif not rows:  # (one text file with a line is enough: the rest are read by the job)
             rows += bool(listed.fs.size(path)) and has_content(listed.fs, path, url)
     raise_all(errors)

@@ -328,10 +328,11 @@ def _document(title: pa.ChunkedArray, text: pa.ChunkedArray) -> pa.ChunkedArray:
 
 class _JsonReader:
     """BEIR JSONL blocks. The id type that parsed the last block (string, or int64 for
-    numeric ids) is tried first on the next."""
+    numeric ids) is tried first on the next. `title_apart`: a corpus's title is its own
+    column ("" where missing), the text the "text" field alone."""
 
-    def __init__(self, kind: str, url: str) -> None:
-        self.kind, self.url = kind, url
+    def __init__(self, kind: str, url: str, title_apart: bool = False) -> None:
+        self.kind, self.url, self.title_apart = kind, url, title_apart
         self.id_types = [pa.string(), pa.int64()]
 
     def __call__(self, block: _Block) -> pa.Table:
@@ -352,18 +353,23 @@ class _JsonReader:
             ids = table["_id"].cast(pa.string())
             if numbers is None or ids.null_count or (len(ids) and pc.min(pc.binary_length(ids)).as_py() == 0):
                 return None
-            if self.kind == "corpus":
+            apart = {}
+            if self.kind == "corpus" and self.title_apart:
+                text = pc.fill_null(table["text"], "")
+                apart = {"title": pc.fill_null(table["title"], "")}
+            elif self.kind == "corpus":
                 text = _document(table["title"], table["text"])
             elif table["text"].null_count:
                 return None
             else:
                 text = table["text"]
-            return pa.table({"id": ids, "text": text, "line": pa.array(numbers)})
+            return pa.table({"id": ids, "text": text, **apart, "line": pa.array(numbers)})
         return None
 
     def _python(self, block: _Block) -> pa.Table:
         ids: list[str] = []
         texts: list[str] = []
+        titles: list[str] = []
         numbers: list[int] = []
         for line, raw in block.split():
             if not raw.strip():
@@ -378,8 +384,10 @@ class _JsonReader:
                 raise _error(self.url, line, f"expected a JSON object, got {_shown(raw)}")
             ids.append(self._id(record, line))
             texts.append(self._text(record, line))
+            titles.append(record.get("title") or "")
             numbers.append(line)
-        return pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
+        apart = {"title": pa.array(titles, pa.string())} if self.title_apart and self.kind == "corpus" else {}
+        return pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()), **apart,
                          "line": pa.array(numbers, pa.int64())})
 
     def _id(self, record: dict, line: int) -> str:
@@ -401,18 +409,21 @@ class _JsonReader:
             if record.get("text") is None:
                 raise _error(self.url, line, 'expected a "text" field')
             return record["text"]
+        if self.title_apart:
+            return record.get("text") or ""
         return ((record.get("title") or "") + " " + (record.get("text") or "")).strip()
 
 
 def read_texts(fs: fsspec.AbstractFileSystem, path: str, url: str,
-               kind: Literal["corpus", "queries"]) -> Iterator[pa.Table]:
+               kind: Literal["corpus", "queries"], title_apart: bool = False) -> Iterator[pa.Table]:
     """A corpus or queries file, as tables of id, text and line, one per block.
 
     .jsonl (BEIR): corpus lines `{"_id", "title", "text", ...}` give the text
     `(title + " " + text).strip()` (a missing or null title or text counts as ""), queries
     lines `{"_id", "text", ...}` their text as it is; a numeric `_id` becomes str(int).
     .tsv: `id<TAB>text` (the text is the rest of the line, and may be empty). Either may be
-    gzip-compressed (.gz).
+    gzip-compressed (.gz). `title_apart` (a BEIR corpus): the title in its own column, the
+    text the "text" field alone.
     """
     if kind not in ("corpus", "queries"):
         raise ValueError(f"read_texts reads a corpus or queries, not {kind!r}")
@@ -423,7 +434,7 @@ def read_texts(fs: fsspec.AbstractFileSystem, path: str, url: str,
     if suffix == ".tsv":
         yield from _read_delimited(fs, path, url, TSV_TEXTS)
         return
-    reader = _JsonReader(kind, url)
+    reader = _JsonReader(kind, url, title_apart)
     for block in _blocks(fs, path, url):
         yield reader(block)
 

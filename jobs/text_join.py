@@ -68,7 +68,7 @@ class TextDatasource(Datasource):
         if path.endswith(".parquet"):
             tables, unit = self._parquet(path), " row "
         else:
-            tables, unit = read_texts(self.source.fs, path, url, self.kind), " line "
+            tables, unit = read_texts(self.source.fs, path, url, self.kind, bool(self.source.title_apart)), " line "
         for table in tables:
             where = pc.binary_join_element_wise(pa.scalar(url), pc.cast(table["line"], pa.string()), unit)
             yield table.drop_columns(["line"]).append_column("source", where)
@@ -88,6 +88,8 @@ class TextDatasource(Datasource):
                         "line": pa.array(np.arange(start, start + len(raw)))}
                 if s.instruction_column:
                     cols[INSTRUCTION] = raw[s.instruction_column].cast(pa.string())
+                if s.title_apart:
+                    cols["title"] = pc.fill_null(raw[s.title_apart].cast(pa.string()), "")
                 start += len(raw)
                 yield pa.table(cols)
 
@@ -97,14 +99,16 @@ def _texts(source: TextSource, kind: str, key: str, text: str, schema: pa.Schema
     datasource = TextDatasource(source, kind, key, text)
     ds = ray.data.read_datasource(datasource, override_num_blocks=len(source.files))
     return ds.map_batches(_tag_texts, batch_format="pyarrow", batch_size=None,
-                          fn_kwargs={"key": key, "text": text, "schema": schema})
+                          fn_kwargs={"key": key, "text": text, "schema": schema, "title": source.title_apart})
 
 
-def _tag_texts(table: pa.Table, key: str, text: str, schema: pa.Schema) -> pa.Table:
+def _tag_texts(table: pa.Table, key: str, text: str, schema: pa.Schema, title: str | None) -> pa.Table:
     cols = {key: table["id"], text: table["text"], SIDE: pa.array(np.ones(len(table), np.int8)),
             SOURCE: table["source"]}
     if INSTRUCTION in table.column_names and INSTRUCTION in schema.names:
         cols[INSTRUCTION] = table[INSTRUCTION]
+    if title:  # (passages.title: the corpus's title under its name)
+        cols[title] = table["title"]
     return conform(pa.table(cols), schema)
 
 
@@ -130,23 +134,25 @@ def join_texts(pairs: ray.data.Dataset, texts: Texts, num_pairs: int, schema: pa
     document."""
     joins = ((texts.queries, "queries", QUERY_ID, QUERY), (texts.corpus, "corpus", DOC_ID, DOC))
     for source, kind, key, text in joins:
-        extra = [pa.field(INSTRUCTION, pa.string())] if text == QUERY and source.instruction_column else []
+        extra = ([pa.field(INSTRUCTION, pa.string())] if text == QUERY and source.instruction_column else
+                 [pa.field(source.title_apart, pa.string())] if source.title_apart else [])
         joined = pa.schema([*schema, pa.field(text, pa.string()), *extra])
         union = pa.schema([*joined, pa.field(SOURCE, pa.string()), pa.field(SIDE, pa.int8())])
         tagged = pairs.map_batches(_tag_pairs, batch_format="pyarrow", batch_size=None, fn_kwargs={"schema": union})
         pairs = tagged.union(_texts(source, kind, key, text, union)).repartition(
             partitions(num_pairs, source), keys=[key], sort=True,
         ).map_batches(join_partition, batch_format="pyarrow", batch_size=None,
-                      fn_kwargs={"key": key, "text": text, "source_key": source.key})
+                      fn_kwargs={"key": key, "text": text, "source_key": source.key, "extra": [f.name for f in extra]})
         schema = joined
     return pairs
 
 
-def join_partition(block: pa.Table, key: str, text: str, source_key: str) -> pa.Table:
+def join_partition(block: pa.Table, key: str, text: str, source_key: str, extra: list[str] | None = None) -> pa.Table:
     """One hash partition (every row of its keys, sorted by key): its pairs, each with the
-    text of its key (null, with a skip reason, where the texts lack it)."""
+    text of its key and the `extra` columns that come with it (a query's instruction, a
+    document's passages.title), null with a skip reason where the texts lack the key."""
     is_text = pc.equal(block[SIDE], 1)
-    extra = [INSTRUCTION] if INSTRUCTION in block.column_names and text == QUERY else []
+    extra = extra or []
     texts = _distinct(block.filter(is_text).select([key, text, *extra, SOURCE]), key, source_key,
                       same_text_ok=text == DOC)
     pairs = block.filter(pc.invert(is_text)).drop_columns([text, *extra, SOURCE, SIDE])

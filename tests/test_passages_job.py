@@ -171,8 +171,9 @@ def test_passages_title_is_read_from_the_input_and_prepended_but_not_output(tmp_
     np.testing.assert_allclose(got, want.values, atol=5e-5)
     assert np.abs(got - plain.values).max() > 1e-3  # (the title changed the scores)
     assert "headline" not in pq.read_schema(next((tmp_path / "out").glob("part-*.parquet"))).names
-    with pytest.raises(ConfigError, match=r"passages.title: not for the run layout yet"):
-        load_config(path, ["input.layout=run", "input.corpus=c.jsonl", "input.queries=q.jsonl"])
+    with pytest.raises(ConfigError, match=r"passages.title: the run layout takes the corpus's title either"):
+        load_config(path, ["input.layout=run", "input.corpus=c.jsonl", "input.queries=q.jsonl",
+                           "input.columns.title=headline"])
     # Canaries recorded from this output carry the titles, and a rerun with them passes its gate.
     from jobs import canaries
 
@@ -181,3 +182,32 @@ def test_passages_title_is_read_from_the_input_and_prepended_but_not_output(tmp_
     assert pq.read_table(recorded)["title"].to_pylist()[0].startswith("Cranfield ")
     summary = run(load_config(path, [f"gates.canaries={recorded}", "gates.canary_tolerance=1e-4"]))
     assert summary.gates["refused"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_local")
+def test_the_run_layout_takes_passages_title_from_a_beir_corpus_as_the_flat_layout_from_a_column(
+        tmp_path: Path, tiny_bert_dir: str) -> None:
+    import json
+
+    import pyarrow as pa
+
+    from tests.run_layout import RUN_SAMPLE, run_input
+
+    corpus = {r["_id"]: r for r in map(json.loads, (RUN_SAMPLE / "corpus.jsonl").read_text().splitlines())}
+    queries = {r["_id"]: r["text"] for r in map(json.loads, (RUN_SAMPLE / "queries.jsonl").read_text().splitlines())}
+    run_lines = [line.split() for line in (RUN_SAMPLE / "run.trec").read_text().splitlines()]
+    qids, dids = [line[0] for line in run_lines], [line[2] for line in run_lines]
+    flat = pa.table({"query_id": qids, "query": [queries[q] for q in qids], "doc_id": dids,
+                     "doc": [corpus[d]["text"] for d in dids], "headline": [corpus[d]["title"] for d in dids]})
+    (tmp_path / "flat-in").mkdir()
+    pq.write_table(flat, tmp_path / "flat-in" / "pairs.parquet")
+    for name, section, title in (("flat", {"path": str(tmp_path / "flat-in")}, "headline"),
+                                 ("run", run_input(tmp_path, "trec"), "title")):
+        cfg = yaml.safe_load(config(tmp_path, tiny_bert_dir, name, passages={"title": title}).read_text())
+        cfg["input"] = section | {"on_invalid": "skip"}  # (a few Cranfield titles fill a 24-token window)
+        skipped = run(load_config(write_config(tmp_path / f"{name}.yaml", cfg))).skipped
+    a, b = by_pair(tmp_path / "run"), by_pair(tmp_path / "flat")
+    assert a.keys() == b.keys() and len(a) == 600 - skipped and skipped > 0
+    assert max(abs(a[k]["score"] - b[k]["score"]) for k in a) < 5e-5
+    assert all((a[k]["passages"], a[k]["best_passage"]) == (b[k]["passages"], b[k]["best_passage"]) for k in a)
