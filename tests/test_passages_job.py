@@ -76,6 +76,7 @@ def test_the_ranked_output_has_the_aggregate_and_names_the_best_passage(tmp_path
     assert str(schema.field("best_passage_chars").type) == "struct<start: int32, end: int32>"
 
 
+@pytest.mark.slow  # (the fast tier's budget: make test within 12 minutes)
 @pytest.mark.usefixtures("ray_local")
 def test_distillation_teachers_aggregate_passages(tmp_path: Path, tiny_bert_dir: str) -> None:
     cfg = {"input": {"path": str(SAMPLE / "candidates")}, "output": {"path": str(tmp_path / "labels")},
@@ -116,6 +117,7 @@ def test_a_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_head: R
 PASSAGE_FIELDS = ("score", "passages", "best_passage", "best_passage_chars")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
 def test_the_score_cache_keeps_the_passage_columns(tmp_path: Path, tiny_bert_dir: str) -> None:
     cache = [f"cache.path={tmp_path / 'cache'}"]

@@ -34,6 +34,7 @@ def _user_error(config: Path, *overrides: str) -> str:
     return str(error)
 
 
+@pytest.mark.slow  # (the fast tier's budget: make test within 12 minutes)
 def test_pairs_missing_from_the_corpus_or_queries_are_listed_by_parquet_row_up_to_ten_or_quarantined(
         tmp_path: Path, tiny_bert_dir: str, capsys: pytest.CaptureFixture) -> None:
     section = run_input(tmp_path, "parquet")
