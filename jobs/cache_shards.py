@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import ray
 
 from reranker_actors.cache_keys import KEY_TYPE, CacheIndex, key_halves, value_dtype
-from reranker_actors.columns import PASSAGE_COLUMNS
+from reranker_actors.columns import BEST_PASSAGE, BEST_PASSAGE_CHARS, PASSAGE_COLUMNS, PASSAGES
 
 SPACE = 1 << 64  # the values of a key's first 64 bits
 # Range files per shard a run writes: a later run with up to this many times the pairs
@@ -78,10 +78,7 @@ class CacheShard:
             hi, _ = key_halves(table["key"].combine_chunks())
             inside = (hi >= np.uint64(start)) & (hi <= np.uint64(end - 1))
             tables.append(table.filter(pa.array(inside)) if not inside.all() else table)
-        empty = pa.table({"key": pa.array([], KEY_TYPE), "score": pa.array([], pa.float32())})
-        self.index = CacheIndex.from_table(pa.concat_tables(tables) if tables else empty)
-        if passages and not tables:  # (no rows: still the values a passages lookup returns)
-            self.index.score = np.empty(0, value_dtype(True))
+        self.index = CacheIndex.from_table(pa.concat_tables(tables) if tables else empty_rows(passages))
 
     def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
         return self.index.lookup(keys)
@@ -144,17 +141,23 @@ class Chained:
     lookups: list[Any]  # each with lookup(keys) -> (found, scores)
 
     def lookup(self, keys: pa.FixedSizeBinaryArray) -> tuple[np.ndarray, np.ndarray]:
-        found = np.zeros(len(keys), dtype=bool)
-        scores: np.ndarray | None = None
-        for source in self.lookups:
+        found, scores = self.lookups[0].lookup(keys)
+        for source in self.lookups[1:]:
             todo = np.flatnonzero(~found)
-            if scores is not None and not len(todo):
+            if not len(todo):
                 break
             hit, values = source.lookup(keys.take(pa.array(todo)))
-            if scores is None:
-                scores = np.zeros(len(keys), dtype=values.dtype)
             found[todo[hit]], scores[todo[hit]] = True, values[hit]
-        return found, scores if scores is not None else np.zeros(len(keys), dtype=np.float32)
+        return found, scores
+
+
+def empty_rows(passages: bool) -> pa.Table:
+    """Cache rows without a row: key and score (and with `passages` the passage columns)."""
+    columns = {"key": pa.array([], KEY_TYPE), "score": pa.array([], pa.float32())}
+    if passages:
+        columns |= {PASSAGES: pa.array([], pa.int32()), BEST_PASSAGE: pa.array([], pa.int32()),
+                    BEST_PASSAGE_CHARS: pa.array([], pa.struct([("start", pa.int32()), ("end", pa.int32())]))}
+    return pa.table(columns)
 
 
 def cache_rows(batch: pa.Table, key_column: str, score_column: str, ranges: int) -> pa.Table:

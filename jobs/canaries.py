@@ -122,8 +122,9 @@ def published_scores(output: str, columns: list[str], teachers: list[Any] | None
     return table
 
 
-def texts_of(cfg: Any, chosen: pa.Table, scratch: str) -> pa.Table:
-    """The chosen pairs' texts (and instructions), read through the job's own input path."""
+def texts_of(job: Any, title: str | None, chosen: pa.Table, scratch: str) -> pa.Table:
+    """The chosen pairs' texts (and instructions, and passages.title's column `title`), read
+    through the job's own input path."""
     import ray
 
     from jobs.inputs import discover
@@ -134,14 +135,11 @@ def texts_of(cfg: Any, chosen: pa.Table, scratch: str) -> pa.Table:
 
     wanted = {(q, d) for q, d in zip(chosen[QUERY_ID].to_pylist(), chosen[DOC_ID].to_pylist(), strict=True)}
     keys = pa.array([f"{q}\t{d}" for q, d in sorted(wanted)])
-    from jobs.config import reading_input, title_apart
-
-    title = cfg.passages.title if cfg.passages else None
-    inputs = discover(reading_input(cfg.input, cfg.passages), title_apart(cfg.input, cfg.passages))
+    inputs = discover(job.input, job.title_apart)
     fs, root = fsspec.core.url_to_fs(scratch)
-    with ray_session(cfg.ray):
+    with ray_session(job.ray):
         inputs = convert_runs(inputs, fs, posixpath.join(root, "converted"))
-        ds = read_pairs(inputs, inputs.cfg or cfg.input, plan_units(inputs.files, {}, 4096))
+        ds = read_pairs(inputs, inputs.cfg or job.input, plan_units(inputs.files, {}, 4096))
 
         def keep(batch: pa.Table) -> pa.Table:
             key = pc.binary_join_element_wise(batch[QUERY_ID], batch[DOC_ID], "\t")
@@ -165,11 +163,13 @@ def record(cfg: Any, pairs: int) -> pa.Table:
     from jobs.rerank import RerankJob
 
     teachers = getattr(cfg, "teachers", None)
-    columns = (DistillJob(cfg) if teachers else RerankJob(cfg)).score_columns()
+    job = DistillJob(cfg) if teachers else RerankJob(cfg)
+    columns = job.score_columns()
     final = columns[0] if teachers else columns[-1]  # (a cascade's last stage; distillation: its first teacher)
     scores = published_scores(cfg.output.path, columns, teachers)
     chosen = choose(scores, final, pairs)
-    texts = texts_of(cfg, chosen, posixpath.join(cfg.output.path, STAGING, "canaries"))
+    title = cfg.passages.title if cfg.passages else None
+    texts = texts_of(job, title, chosen, posixpath.join(cfg.output.path, STAGING, "canaries"))
     table = chosen.join(texts, [QUERY_ID, DOC_ID], join_type="inner")
     if len(table) < len(chosen):
         raise ConfigError(f"input.path {cfg.input.path!r}: {len(chosen) - len(table)} of the chosen pairs of "
@@ -179,8 +179,8 @@ def record(cfg: Any, pairs: int) -> pa.Table:
     out = {"query_id": table[QUERY_ID], "doc_id": table[DOC_ID], "query": table[QUERY], "doc": table[DOC]}
     if INSTRUCTION in table.column_names and table[INSTRUCTION].null_count < len(table):
         out[INSTRUCTION_COLUMN] = table[INSTRUCTION]
-    if cfg.passages and cfg.passages.title:
-        out[TITLE_COLUMN] = pc.fill_null(table[cfg.passages.title].cast(pa.string()), "")
+    if title:
+        out[TITLE_COLUMN] = pc.fill_null(table[title].cast(pa.string()), "")
     return pa.table(out | {c: pc.cast(table[c], pa.float32()) for c in columns})
 
 

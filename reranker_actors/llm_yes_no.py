@@ -183,9 +183,8 @@ class LLMYesNoReranker(HFReranker):
         """(n, 2) logits of [yes, no] (or (n, 1) of yes) at each prompt's last position, and
         whether each prompt's body was cut to fit max_length. `share_prefix`: run a query's
         common prefix once (default: on the CPU, where it pays; never with packing)."""
-        import torch
 
-        share = (self.device.type == "cpu" if share_prefix is None else share_prefix) and not self.packed
+        share = self._shares_prefix(share_prefix)
         done: list[tuple[np.ndarray, torch.Tensor]] = []  # (rows, logits left on the device)
         cut = np.zeros(len(queries), dtype=bool)
         parts = host_slices(len(queries), self.device)
@@ -194,10 +193,22 @@ class LLMYesNoReranker(HFReranker):
         for part, batch in zip(parts, encoded, strict=True):
             cut[part] = batch.cut
             self._enqueue(batch, share, done, part.start)
-        out = np.empty((len(queries), self.head.shape[1]), dtype=np.float32)
+        return self._gathered(done, len(queries)), cut
+
+    def _shares_prefix(self, share_prefix: bool | None = None) -> bool:
+        """Whether a query's common prefix runs once (default: on the CPU, where it pays; never
+        with packing)."""
+        return (self.device.type == "cpu" if share_prefix is None else share_prefix) and not self.packed
+
+    def _gathered(self, done: list[tuple[np.ndarray, torch.Tensor]], n: int) -> np.ndarray:
+        """The (n, 1 or 2) logits launched in `done` (rows, logits on the device), in row order:
+        the device's one sync of the call."""
+        import torch
+
+        out = np.empty((n, self.head.shape[1]), dtype=np.float32)
         if done:
             out[np.concatenate([rows for rows, _ in done])] = torch.cat([t for _, t in done]).cpu().numpy()
-        return out, cut
+        return out
 
     def _enqueue(self, batch: PromptBatch, share: bool, done: list[tuple[np.ndarray, torch.Tensor]],
                  offset: int) -> None:
@@ -225,17 +236,12 @@ class LLMYesNoReranker(HFReranker):
                        instructions: Sequence[str | None] | None = None,
                        titles: Sequence[str | None] | None = None) -> tuple[np.ndarray, Layout]:
         """Logits of every passage (as `logits`), and which pair each belongs to."""
-        import torch
 
         assert self.config.passages is not None
         batch, layout = self.encoder.encode_passages(queries, docs, instructions, self.config.passages, titles)
-        share = self.device.type == "cpu" and not self.packed
         done: list[tuple[np.ndarray, torch.Tensor]] = []
-        self._enqueue(batch, share, done, 0)
-        out = np.empty((len(batch.ids), self.head.shape[1]), dtype=np.float32)
-        if done:
-            out[np.concatenate([rows for rows, _ in done])] = torch.cat([t for _, t in done]).cpu().numpy()
-        return out, layout
+        self._enqueue(batch, self._shares_prefix(), done, 0)
+        return self._gathered(done, len(batch.ids)), layout
 
     def score(self, queries: Sequence[str], docs: Sequence[str], instructions: Sequence[str | None] | None = None,
               titles: Sequence[str | None] | None = None) -> Scores | PassageScores:

@@ -27,6 +27,12 @@ class PassageConfig(BaseModel):
     def step(self) -> int:
         return self.stride or max(1, self.length // 2)
 
+    @property
+    def tokens_needed(self) -> int:
+        """A document's tokens that can matter: its windows' (at most max_per_doc of the widest
+        kind), and one more to tell that the cap left some out."""
+        return (self.max_per_doc - 1) * self.step + self.length + 1
+
 
 def window_starts(n: int, length: int, stride: int, cap: int) -> tuple[range, bool]:
     """The start tokens of a document's windows of `length` (n tokens), at most `cap` of

@@ -19,7 +19,7 @@ import numpy as np
 
 from reranker_actors.passage_config import PassageConfig
 from reranker_actors.passages import NO_ROOM, Layout, LayoutBuilder
-from reranker_actors.tokenization import CHARS_PER_TOKEN_BOUND, plain_tokenizer, prefix_is_exact
+from reranker_actors.tokenization import CHARS_PER_TOKEN_BOUND, plain_tokenizer, prefix_is_exact, title_ids
 
 
 @dataclass
@@ -123,16 +123,14 @@ class PromptEncoder:
         A pair whose instruction and query leave no room is invalid (NO_ROOM). A title's tokens
         (tokenized alone) come before each window."""
         inst = self._instructions(instructions, len(docs))
-        need = (cfg.max_per_doc - 1) * cfg.step + cfg.length + 1  # (doc tokens that can matter)
+        need = cfg.tokens_needed
         char_cap = need * CHARS_PER_TOKEN_BOUND + 64
         head_t, _, tail_t = self.body.partition("{doc}")
-        unique = list(dict.fromkeys(t or "" for t in titles)) if titles else []
-        title_of = {t: e.ids for t, e in zip(unique, self.tok.encode_batch(unique, add_special_tokens=False),
-                                              strict=True)}
         builder = LayoutBuilder(len(docs))
         ids: list[list[int]] = []
         keys: list[tuple[str, str]] = []
-        for i, (instruction, query, doc) in enumerate(zip(inst, queries, docs, strict=True)):
+        titled = title_ids(self.tok, titles, len(docs))
+        for i, (instruction, query, doc, title) in enumerate(zip(inst, queries, docs, titled, strict=True)):
             head_text = head_t.format(instruction=instruction, query=query)
             tail_text = tail_t.format(instruction=instruction, query=query)
             head, body, tail = self._split(head_text, doc, tail_text, need, char_cap)
@@ -142,7 +140,6 @@ class PromptEncoder:
                 continue
             d_ids = [t for t, _ in body]
             offsets = [o for _, o in body]
-            title = title_of[titles[i] or ""] if titles else []
             for window in builder.windows(i, offsets, room, cfg, len(title)):
                 ids.append(self.prefix + head + title + d_ids[window] + tail + self.suffix)
                 keys.append((instruction, query))

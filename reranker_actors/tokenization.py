@@ -55,6 +55,24 @@ class Template:
     def num_special(self) -> int:
         return len(self.prefix) + len(self.middle) + len(self.suffix)
 
+    def around(self, a: list[int], b: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """The ids and type ids of `a` (and `b`, a pair template) with the special tokens around."""
+        if b is None:
+            return self.prefix + a + self.suffix, self.prefix_types + [self.type_a] * len(a) + self.suffix_types
+        return (self.prefix + a + self.middle + b + self.suffix,
+                self.prefix_types + [self.type_a] * len(a) + self.middle_types + [self.type_b] * len(b)
+                + self.suffix_types)
+
+
+def title_ids(tok: Tokenizer, titles: Sequence[str | None] | None, n: int) -> list[list[int]]:
+    """Per pair, passages.title's token ids (no special tokens; each distinct title tokenized
+    once); none without titles."""
+    if not titles:
+        return [[]] * n
+    unique = list(dict.fromkeys(t or "" for t in titles))
+    of = {t: e.ids for t, e in zip(unique, tok.encode_batch(unique, add_special_tokens=False), strict=True)}
+    return [of[t or ""] for t in titles]
+
 
 def _read_template(tok: Tokenizer, pair: bool) -> Template:
     enc = tok.encode("a", "b" if pair else None, add_special_tokens=True)
@@ -107,11 +125,9 @@ class TextEncoder:
 
     def encode_texts(self, texts: Sequence[str], max_length: int) -> Encoded:
         """Single-text inputs of at most `max_length` tokens (special tokens included)."""
-        t = self.single
-        body, cut = self._encode_capped(texts, max_length - t.num_special)
-        ids = [t.prefix + x + t.suffix for x in body]
-        types = [t.prefix_types + [t.type_a] * len(x) + t.suffix_types for x in body]
-        return Encoded(ids, types, cut)
+        body, cut = self._encode_capped(texts, max_length - self.single.num_special)
+        ids, types = zip(*map(self.single.around, body), strict=True) if body else ((), ())
+        return Encoded(list(ids), list(types), cut)
 
     def encode_queries(self, queries: Sequence[str]) -> Encoded:
         """Queries alone (bi-encoder), capped at query_cap tokens like in pairs."""
@@ -121,9 +137,7 @@ class TextEncoder:
     def encode_pairs(self, queries: Sequence[str], docs: Sequence[str]) -> Encoded:
         """Pair inputs: the query capped at query_cap, the doc gets the rest of max_length."""
         t = self.pair
-        unique = list(dict.fromkeys(queries))
-        q_body, q_cut = self._encode_capped(unique, self.query_cap)
-        q_of = dict(zip(unique, zip(q_body, q_cut, strict=True), strict=True))
+        q_of = self._capped_queries(queries)
         room = self.max_length - t.num_special
         unique_docs = list(dict.fromkeys(docs))  # (a document is often a candidate of several queries)
         d_of = dict(zip(unique_docs, zip(*self._encode_capped(unique_docs, room), strict=True), strict=True))
@@ -132,11 +146,15 @@ class TextEncoder:
             (q, q_was_cut), (d, d_was_cut) = q_of[query], d_of[doc]
             d_room = room - len(q)
             cut.append(q_was_cut or d_was_cut or len(d) > d_room)
-            d = d[:d_room]
-            ids.append(t.prefix + q + t.middle + d + t.suffix)
-            types.append(t.prefix_types + [t.type_a] * len(q) + t.middle_types
-                         + [t.type_b] * len(d) + t.suffix_types)
+            pair_ids, pair_types = t.around(q, d[:d_room])
+            ids.append(pair_ids)
+            types.append(pair_types)
         return Encoded(ids, types, cut)
+
+    def _capped_queries(self, queries: Sequence[str]) -> dict[str, tuple[list[int], bool]]:
+        """Each distinct query's ids, capped at query_cap, and whether it was cut."""
+        unique = list(dict.fromkeys(queries))
+        return dict(zip(unique, zip(*self._encode_capped(unique, self.query_cap), strict=True), strict=True))
 
 
     def check_passages(self, cfg: PassageConfig, pairs: bool) -> None:
@@ -152,11 +170,6 @@ class TextEncoder:
             raise ModelError(f"passages: the query cap ({self.query_cap} tokens) leaves no room for the document "
                              f"in reranker.max_length {self.max_length} ({t.num_special} special tokens); set "
                              f"reranker.query_max_length to at most {room - 1}")
-
-    def title_ids(self, titles: Sequence[str | None] | None) -> dict[str, list[int]]:
-        """Each distinct title's token ids (no special tokens)."""
-        unique = list(dict.fromkeys(t or "" for t in titles)) if titles else []
-        return {t: e.ids for t, e in zip(unique, self.tok.encode_batch(unique, add_special_tokens=False), strict=True)}
 
     def document_encodings(self, docs: Sequence[str], cap: int) -> list[Encoding]:
         """Each document's encoding (no special tokens, with character offsets), exact in its
@@ -177,27 +190,19 @@ class TextEncoder:
         tokenized once, its windows are slices of its ids."""
         t = self.pair if pairs else self.single
         unique = list(dict.fromkeys(docs))
-        encs = self.document_encodings(unique, (cfg.max_per_doc - 1) * cfg.step + cfg.length + 1)
+        encs = self.document_encodings(unique, cfg.tokens_needed)
         d_of = {d: (e.ids, e.offsets) for d, e in zip(unique, encs, strict=True)}
-        if pairs:
-            unique_q = list(dict.fromkeys(queries))
-            q_of = dict(zip(unique_q, zip(*self._encode_capped(unique_q, self.query_cap), strict=True), strict=True))
-        title_of = self.title_ids(titles)
+        q_of = self._capped_queries(queries) if pairs else {}
         builder = LayoutBuilder(len(docs))
         ids, types, q_cut = [], [], np.zeros(len(docs), dtype=bool)
-        for i, doc in enumerate(docs):
+        for i, (doc, title) in enumerate(zip(docs, title_ids(self.tok, titles, len(docs)), strict=True)):
             q, q_cut[i] = q_of[queries[i]] if pairs else ([], False)
             d_ids, offsets = d_of[doc]
-            title = title_of[titles[i] or ""] if titles else []
             for window in builder.windows(i, offsets, self.max_length - t.num_special - len(q), cfg, len(title)):
                 d = title + d_ids[window]
-                if pairs:
-                    ids.append(t.prefix + q + t.middle + d + t.suffix)
-                    types.append(t.prefix_types + [t.type_a] * len(q) + t.middle_types
-                                 + [t.type_b] * len(d) + t.suffix_types)
-                else:
-                    ids.append(t.prefix + d + t.suffix)
-                    types.append(t.prefix_types + [t.type_a] * len(d) + t.suffix_types)
+                passage_ids, passage_types = t.around(q, d) if pairs else t.around(d)
+                ids.append(passage_ids)
+                types.append(passage_types)
         layout = builder.build()
         return Encoded(ids, types, q_cut[layout.owner].tolist()), layout, q_cut
 
